@@ -37,7 +37,9 @@ impl Default for EventRules {
 }
 
 /// The identity of an accepted event: the four values Mixpanel deduplicates on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct DedupKey {
     pub event: String,
     pub distinct_id: String,

@@ -11,7 +11,7 @@ use super::limits::{MAX_LOOKUP_BYTES, MAX_LOOKUP_ERRORS_REPORTED};
 
 /// A parsed, valid lookup table. Each row maps column name → typed value; undefined cells are
 /// absent. `rows[i]` keeps the CSV's order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LookupTable {
     pub columns: Vec<String>,
     pub rows: Vec<Map<String, Value>>,

@@ -10,7 +10,8 @@ use super::ids::check_identity;
 use super::limits::{MAX_PROFILE_PROPERTIES, MAX_RECORD_BYTES};
 use super::FieldError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProfileKind {
     User,
     Group,
@@ -43,7 +44,10 @@ impl ProfileKind {
 }
 
 /// Whose profile an update changes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(untagged)]
 pub enum ProfileTarget {
     User { distinct_id: String },
     Group { group_key: String, group_id: String },

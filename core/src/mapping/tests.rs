@@ -1,0 +1,685 @@
+use super::*;
+use crate::ingest::ids::check_insert_id;
+use crate::ingest::lookup::parse_lookup_csv;
+use crate::spec::SyncSpec;
+use crate::Classify;
+use chrono::{NaiveDate, TimeZone, Utc};
+use serde_json::json;
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn ctx() -> ImportContext {
+    ImportContext {
+        warehouse_type: "postgres".into(),
+        table: "public.orders".into(),
+        import_id: "imp-1".into(),
+        import_job_id: Some("orders".into()),
+        import_run_id: None,
+        token: Some("tok".into()),
+    }
+}
+
+fn sync(table_type: &str, mode: &str, mapping: &str) -> SyncSpec {
+    toml::from_str(&format!(
+        "id='orders'\ntenant='acme'\nsource='pg'\ntable='public.orders'\ntable_type='{table_type}'\nmode='{mode}'\n[mapping]\n{mapping}"
+    ))
+    .unwrap()
+}
+
+fn mapper(spec: &SyncSpec, columns: &[Column]) -> RowMapper {
+    let valid = spec.validate().unwrap();
+    RowMapper::new(spec, &valid.mapping, columns, &ctx()).unwrap()
+}
+
+fn col(name: &str, kind: ColumnKind) -> Column {
+    Column::new(name, kind)
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+fn ts(s: &str) -> Value {
+    Value::Timestamp(
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&Utc),
+    )
+}
+
+fn event_columns() -> Vec<Column> {
+    vec![
+        col("order_id", ColumnKind::Int),
+        col("user_id", ColumnKind::Text),
+        col("created_at", ColumnKind::Timestamp),
+        col("amount_cents", ColumnKind::Int),
+        col("note", ColumnKind::Text),
+        col("extra", ColumnKind::Json),
+        col("secret", ColumnKind::Text),
+    ]
+}
+
+const EVENT_MAPPING: &str = r#"
+event_name = "Order Placed"
+time_column = "created_at"
+distinct_id_column = "user_id"
+properties_column = "extra"
+key_columns = ["order_id"]
+renames = { amount_cents = "Amount" }
+excludes = ["secret"]
+"#;
+
+fn event_row() -> Vec<Value> {
+    vec![
+        Value::Int(42),
+        text("u-1"),
+        ts("2023-11-14T10:00:00.250+01:00"),
+        Value::Int(1999),
+        Value::Null,
+        Value::Json(json!({"plan": "pro", "Amount": "from json", "time": 1, "nested": {"a": 1}})),
+        text("do not send"),
+    ]
+}
+
+fn decode(record: &EncodedRecord) -> Json {
+    serde_json::from_slice(&record.json).unwrap()
+}
+
+#[test]
+fn events_map_every_part() {
+    let spec = sync("events", "mirror", EVENT_MAPPING);
+    let m = mapper(&spec, &event_columns());
+    let mut out = Vec::new();
+    m.encode_upsert(0, &event_row(), Unset::Never, NOW, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    let record = &out[0];
+    assert_eq!(record.kind, RecordKind::Event);
+    let insert_id = insert_id_from_key("orders", &[Value::Int(42)]);
+    assert_eq!(record.insert_id.as_deref(), Some(insert_id.as_str()));
+    assert_eq!(record.route_hash, xxhash_rust::xxh3::xxh3_64(b"u-1"));
+    assert_eq!(
+        decode(record),
+        json!({
+            "event": "Order Placed",
+            "properties": {
+                "time": 1_699_952_400_250i64,
+                "distinct_id": "u-1",
+                "$insert_id": insert_id,
+                "order_id": 42,
+                // Renamed column wins over the same key inside the JSON column.
+                "Amount": 1999,
+                "plan": "pro",
+                "nested": {"a": 1},
+                "$import": true,
+                "$source": "warehouse-import",
+                "$warehouse_type": "postgres",
+                "$warehouse_import_id": "imp-1",
+                "$warehouse_import_job_id": "orders",
+                "$warehouse_table": "public.orders",
+            }
+        })
+    );
+    // Serialized once, compactly.
+    assert!(!String::from_utf8_lossy(&record.json).contains(": "));
+}
+
+#[test]
+fn event_name_from_a_column_and_user_device_ids() {
+    let spec = sync(
+        "events",
+        "append'\ncursor_column='ts",
+        "event_name_column='kind'\ntime_column='ts'\nuser_id_column='uid'\ndevice_id_column='dev'",
+    );
+    let columns = vec![
+        col("kind", ColumnKind::Text),
+        col("ts", ColumnKind::Int),
+        col("uid", ColumnKind::Text),
+        col("dev", ColumnKind::Uuid),
+    ];
+    let m = mapper(&spec, &columns);
+    let dev = uuid::Uuid::from_u128(7);
+    let mut out = Vec::new();
+    m.encode_upsert(
+        3,
+        &[
+            text("Signup"),
+            Value::Int(1_600_000_000),
+            Value::Null,
+            Value::Uuid(dev),
+        ],
+        Unset::Never,
+        NOW,
+        &mut out,
+    )
+    .unwrap();
+    let event = decode(&out[0]);
+    assert_eq!(event["event"], "Signup");
+    assert_eq!(event["properties"]["time"], 1_600_000_000_000i64);
+    assert_eq!(event["properties"]["$device_id"], dev.to_string());
+    // Validation's simplified-identity fallback filled distinct_id.
+    assert_eq!(event["properties"]["distinct_id"], format!("$device:{dev}"));
+    assert!(event["properties"].get("$user_id").is_none());
+
+    // A NULL event name is a per-row error naming the column.
+    let err = m
+        .encode_upsert(
+            4,
+            &[
+                Value::Null,
+                Value::Int(1_600_000_000),
+                text("u"),
+                Value::Null,
+            ],
+            Unset::Never,
+            NOW,
+            &mut out,
+        )
+        .unwrap_err();
+    assert_eq!((err.row, err.field.as_str()), (4, "kind"));
+    assert_eq!(out.len(), 1, "nothing pushed for a failed row");
+}
+
+#[test]
+fn time_units() {
+    let d = NaiveDate::from_ymd_opt(2023, 11, 14).unwrap();
+    let midnight = 1_699_920_000_000i64;
+    assert_eq!(
+        time_millis(&Value::Date(d), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(
+            &Value::TimestampNaive(d.and_hms_milli_opt(0, 0, 1, 5).unwrap()),
+            TimeUnit::Auto
+        )
+        .unwrap(),
+        midnight + 1005
+    );
+    assert_eq!(
+        time_millis(&ts("2023-11-14T01:00:00+01:00"), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&Value::Int(1_699_920_000), TimeUnit::Seconds).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&Value::Int(1_699_920_000), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&Value::Int(midnight), TimeUnit::Milliseconds).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&Value::Int(midnight), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&Value::Int(midnight * 1000 + 999), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&Value::Float(1_699_920_000.5), TimeUnit::Seconds).unwrap(),
+        midnight + 500
+    );
+    // An explicit unit overrides the guess: 1e9 read as milliseconds.
+    assert_eq!(
+        time_millis(&Value::Int(1_000_000_000), TimeUnit::Milliseconds).unwrap(),
+        1_000_000_000
+    );
+    assert_eq!(
+        time_millis(&text("2023-11-14 00:00:00.5"), TimeUnit::Auto).unwrap(),
+        midnight + 500
+    );
+    assert_eq!(
+        time_millis(&text("2023-11-14T02:00:00+02:00"), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&text("2023-11-14"), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert_eq!(
+        time_millis(&text("1699920000"), TimeUnit::Auto).unwrap(),
+        midnight
+    );
+    assert!(time_millis(&text("yesterday"), TimeUnit::Auto).is_err());
+    assert!(time_millis(&Value::Null, TimeUnit::Auto)
+        .unwrap_err()
+        .contains("NULL"));
+    assert!(time_millis(&Value::Int(i64::MAX), TimeUnit::Seconds).is_err());
+}
+
+#[test]
+fn invalid_rows_become_row_errors_from_core_validation() {
+    let spec = sync("events", "mirror", EVENT_MAPPING);
+    let m = mapper(&spec, &event_columns());
+    let mut out = Vec::new();
+    let mut row = event_row();
+    row[1] = text("undefined");
+    let err = m
+        .encode_upsert(7, &row, Unset::Never, NOW, &mut out)
+        .unwrap_err();
+    assert_eq!(err.field, "properties.distinct_id");
+    assert_eq!(err.key.as_deref(), Some("42"));
+    assert_eq!(err.class(), crate::ErrorClass::PerRow);
+
+    let mut row = event_row();
+    row[2] = ts("2030-01-01T00:00:00Z");
+    let err = m
+        .encode_upsert(8, &row, Unset::Never, NOW, &mut out)
+        .unwrap_err();
+    assert_eq!(err.field, "properties.time");
+    assert!(err.message.contains("future"));
+
+    let mut row = event_row();
+    row[5] = text("not json");
+    let err = m
+        .encode_upsert(9, &row, Unset::Never, NOW, &mut out)
+        .unwrap_err();
+    assert_eq!(err.field, "extra");
+    assert!(out.is_empty());
+
+    // Lenient syncs keep the malformed JSON as a plain property.
+    let mut lenient = spec.clone();
+    lenient.strict = false;
+    let m = mapper(&lenient, &event_columns());
+    m.encode_upsert(9, &row, Unset::Never, NOW, &mut out)
+        .unwrap();
+    assert_eq!(decode(&out[0])["properties"]["extra"], "not json");
+
+    let err = m.encode_delete(10, &row, &mut out).unwrap_err();
+    assert!(err.message.contains("not applied"));
+}
+
+#[test]
+fn long_strings_are_truncated_by_validation_before_serializing() {
+    let spec = sync("events", "mirror", EVENT_MAPPING);
+    let m = mapper(&spec, &event_columns());
+    let mut row = event_row();
+    row[4] = text(&"x".repeat(300));
+    let mut out = Vec::new();
+    m.encode_upsert(0, &row, Unset::Never, NOW, &mut out)
+        .unwrap();
+    assert_eq!(
+        decode(&out[0])["properties"]["note"]
+            .as_str()
+            .unwrap()
+            .len(),
+        255
+    );
+}
+
+#[test]
+fn keyless_events_take_their_insert_id_from_the_row_checksum() {
+    let spec = sync(
+        "events",
+        "mirror",
+        "event_name='e'\ntime_column='created_at'\ndistinct_id_column='user_id'",
+    );
+    let m = mapper(&spec, &event_columns());
+    let row = event_row();
+    let expected = insert_id_from_checksum("orders", &row_checksum(&row));
+    assert_eq!(m.insert_id(&row), expected);
+    assert!(check_insert_id(&expected).is_ok());
+    let mut changed = row.clone();
+    changed[3] = Value::Int(1);
+    assert_ne!(m.insert_id(&changed), expected);
+}
+
+#[test]
+fn column_problems_name_the_field() {
+    let spec = sync(
+        "events",
+        "append'\ncursor_column='inserted",
+        "event_name='e'\ntime_column='ts'\ndistinct_id_column='extra'\nexcludes=['nope']\nproperties_column='note'",
+    );
+    let valid = spec.validate().unwrap();
+    let mut columns = event_columns();
+    columns.push(col("_mp_row_hash", ColumnKind::Text));
+    let err = RowMapper::new(&spec, &valid.mapping, &columns, &ctx()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("sync.mapping.time_column: column 'ts' is not in the table"),
+        "{text}"
+    );
+    assert!(err.mentions("sync.cursor_column"), "{text}");
+    assert!(err.mentions("sync.mapping.distinct_id_column"), "{text}"); // json is no id
+    assert!(err.mentions("sync.mapping.excludes"), "{text}");
+    assert!(err.mentions("sync.table"), "{text}"); // reserved column
+    assert!(
+        !err.mentions("sync.mapping.properties_column"),
+        "text may hold JSON: {text}"
+    );
+
+    let spec = sync(
+        "events",
+        "mirror",
+        "event_name='e'\ntime_column='note'\ntime_unit='seconds'\ndistinct_id_column='user_id'",
+    );
+    let err = RowMapper::new(
+        &spec,
+        &spec.validate().unwrap().mapping,
+        &event_columns(),
+        &ctx(),
+    );
+    assert!(err.is_ok(), "text columns may hold epoch numbers");
+    let spec = sync("events", "mirror", "event_name='e'\ntime_column='created_at'\ntime_unit='seconds'\ndistinct_id_column='user_id'");
+    let err = RowMapper::new(
+        &spec,
+        &spec.validate().unwrap().mapping,
+        &event_columns(),
+        &ctx(),
+    )
+    .unwrap_err();
+    assert!(err.mentions("sync.mapping.time_unit"), "{err}");
+}
+
+fn profile_columns() -> Vec<Column> {
+    vec![
+        col("id", ColumnKind::Text),
+        col("email", ColumnKind::Text),
+        col("plan", ColumnKind::Text),
+        col("seats", ColumnKind::Int),
+    ]
+}
+
+#[test]
+fn user_profiles_set_and_unset() {
+    let spec = sync(
+        "user_profiles",
+        "mirror",
+        "distinct_id_column='id'\nkey_columns=['id']\nrenames={email='$email'}",
+    );
+    let m = mapper(&spec, &profile_columns());
+    assert_eq!(m.record_kind(), RecordKind::UserProfile);
+    let row = vec![text("u1"), text("a@b.c"), Value::Null, Value::Null];
+
+    let mapped = m.map_profile(0, &row).unwrap();
+    assert_eq!(
+        mapped.id,
+        ProfileId::User {
+            distinct_id: "u1".into()
+        }
+    );
+    assert_eq!(Json::Object(mapped.set.clone()), json!({"$email": "a@b.c"}));
+    assert_eq!(
+        mapped.null_properties,
+        vec![(2, "plan".into()), (3, "seats".into())]
+    );
+
+    let mut out = Vec::new();
+    m.encode_upsert(0, &row, Unset::Never, NOW, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        decode(&out[0]),
+        json!({"$token": "tok", "$distinct_id": "u1", "$ignore_time": true, "$ip": 0, "$set": {"$email": "a@b.c"}})
+    );
+    assert_eq!(out[0].route_hash, xxhash_rust::xxh3::xxh3_64(b"u1"));
+
+    out.clear();
+    m.encode_upsert(0, &row, Unset::AllNull, NOW, &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(decode(&out[1])["$unset"], json!(["plan", "seats"]));
+
+    // Only what the previous version had is unset.
+    out.clear();
+    let previous = vec![text("u1"), text("old@b.c"), text("pro"), Value::Null];
+    m.encode_upsert(0, &row, Unset::PreviouslySet(&previous), NOW, &mut out)
+        .unwrap();
+    assert_eq!(decode(&out[1])["$unset"], json!(["plan"]));
+
+    out.clear();
+    m.encode_delete(0, &row, &mut out).unwrap();
+    assert_eq!(decode(&out[0])["$delete"], "");
+    assert_eq!(decode(&out[0])["$distinct_id"], "u1");
+
+    let err = m.encode_upsert(
+        5,
+        &[Value::Null, text("x"), Value::Null, Value::Null],
+        Unset::Never,
+        NOW,
+        &mut out,
+    );
+    assert_eq!(err.unwrap_err().field, "id");
+}
+
+#[test]
+fn group_profiles_carry_key_and_id() {
+    let spec = sync(
+        "group_profiles",
+        "full",
+        "group_key='company_id'\ngroup_id_column='id'\nexcludes=['email']",
+    );
+    let m = mapper(&spec, &profile_columns());
+    let mut out = Vec::new();
+    m.encode_upsert(
+        0,
+        &[text("c-9"), text("x@y"), text("pro"), Value::Int(5)],
+        Unset::Never,
+        NOW,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out[0].kind, RecordKind::GroupProfile);
+    assert_eq!(
+        decode(&out[0]),
+        json!({"$token": "tok", "$group_key": "company_id", "$group_id": "c-9", "$ignore_time": true, "$ip": 0,
+               "$set": {"plan": "pro", "seats": 5}})
+    );
+}
+
+#[test]
+fn profile_history_events() {
+    let spec = sync(
+        "profile_history",
+        "mirror",
+        "distinct_id_column='id'\ntime_column='valid_from'\nkey_columns=['id','valid_from']",
+    );
+    let columns = vec![
+        col("id", ColumnKind::Text),
+        col("valid_from", ColumnKind::Date),
+        col("plan", ColumnKind::Text),
+    ];
+    let m = mapper(&spec, &columns);
+    let mut out = Vec::new();
+    let row = vec![
+        text("u1"),
+        Value::Date(NaiveDate::from_ymd_opt(2023, 1, 1).unwrap()),
+        text("pro"),
+    ];
+    m.encode_upsert(0, &row, Unset::Never, NOW, &mut out)
+        .unwrap();
+    let event = decode(&out[0]);
+    assert_eq!(event["event"], "public.orders");
+    assert_eq!(
+        event["properties"]["time"],
+        Utc.with_ymd_and_hms(2023, 1, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis()
+    );
+    assert_eq!(event["properties"]["plan"], "pro");
+
+    let with_list = vec![
+        col("id", ColumnKind::Text),
+        col("valid_from", ColumnKind::Date),
+        col("tags", ColumnKind::Array),
+    ];
+    let err =
+        RowMapper::new(&spec, &spec.validate().unwrap().mapping, &with_list, &ctx()).unwrap_err();
+    assert!(err.to_string().contains("lists or objects"), "{err}");
+}
+
+#[test]
+fn lookup_csv_round_trips_through_the_parser() {
+    let spec = sync(
+        "lookup_table",
+        "full",
+        "lookup_table_id='7'\nkey_column='sku'\nrenames={title='Title'}\nexcludes=['internal']",
+    );
+    let valid = spec.validate().unwrap();
+    let columns = vec![
+        col("title", ColumnKind::Text),
+        col("sku", ColumnKind::Int),
+        col("price", ColumnKind::Decimal),
+        col("launched", ColumnKind::Timestamp),
+        col("tags", ColumnKind::Array),
+        col("active", ColumnKind::Bool),
+        col("internal", ColumnKind::Text),
+        col("ratio", ColumnKind::Float),
+    ];
+    let mut w = LookupCsvWriter::new(&valid.mapping, &columns).unwrap();
+    w.write_row(
+        0,
+        &[
+            text("Widget, \"large\""),
+            Value::Int(1001),
+            Value::Decimal("12.50".into()),
+            ts("2024-01-02T03:04:05+00:00"),
+            Value::Array(vec![text("a"), text("b c")]),
+            Value::Bool(true),
+            text("hidden"),
+            Value::Float(0.25),
+        ],
+    )
+    .unwrap();
+    w.write_row(
+        1,
+        &[
+            text("Gadget"),
+            Value::Int(1002),
+            Value::Null,
+            Value::Null,
+            Value::Array(vec![]),
+            Value::Bool(false),
+            Value::Null,
+            Value::Null,
+        ],
+    )
+    .unwrap();
+    let dup = w.write_row(
+        2,
+        &[
+            text("x"),
+            Value::Int(1001),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ],
+    );
+    assert!(dup.unwrap_err().message.contains("duplicate"));
+    let null_key = w.write_row(
+        3,
+        &[
+            text("x"),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ],
+    );
+    assert!(null_key.is_err());
+    assert_eq!(w.rows(), 2);
+
+    let body = w.finish().unwrap();
+    let table = parse_lookup_csv(&body).unwrap();
+    assert_eq!(
+        table.columns,
+        ["sku", "Title", "price", "launched", "tags", "active", "ratio"]
+    );
+    assert_eq!(
+        Json::Object(table.rows[0].clone()),
+        json!({"sku": "1001", "Title": "Widget, \"large\"", "price": 12.5, "launched": "2024-01-02T03:04:05Z",
+               "tags": ["a", "b c"], "active": true, "ratio": 0.25})
+    );
+    assert!(crate::ingest::lookup::is_datetime(
+        table.rows[0]["launched"].as_str().unwrap()
+    ));
+    assert_eq!(
+        Json::Object(table.rows[1].clone()),
+        json!({"sku": "1002", "Title": "Gadget", "tags": [], "active": false})
+    );
+}
+
+#[test]
+fn lookup_writer_checks_its_columns() {
+    let spec = sync(
+        "lookup_table",
+        "full",
+        "lookup_table_id='7'\nkey_column='sku'\nrenames={title='sku2'}",
+    );
+    let valid = spec.validate().unwrap();
+    let err = LookupCsvWriter::new(&valid.mapping, &[col("title", ColumnKind::Text)])
+        .err()
+        .unwrap();
+    assert!(err.mentions("sync.mapping.key_column"), "{err}");
+    let err = LookupCsvWriter::new(&valid.mapping, &[col("sku", ColumnKind::Text)])
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("at least one more column"),
+        "{err}"
+    );
+}
+
+/// Throughput of the hot path, printed; run with
+/// `cargo test -p ferry-core --release -- --ignored --nocapture encode_throughput`.
+#[test]
+#[ignore]
+fn encode_throughput() {
+    let spec = sync("events", "mirror", EVENT_MAPPING);
+    let mut columns = event_columns();
+    for i in 0..20 {
+        columns.push(col(
+            &format!("attr_{i}"),
+            if i % 2 == 0 {
+                ColumnKind::Text
+            } else {
+                ColumnKind::Float
+            },
+        ));
+    }
+    let m = mapper(&spec, &columns);
+    let rows: Vec<Vec<Value>> = (0..50_000)
+        .map(|n| {
+            let mut row = event_row();
+            row[0] = Value::Int(n);
+            row[1] = text(&format!("user-{}", n % 977));
+            for i in 0..20 {
+                row.push(if i % 2 == 0 {
+                    text(&format!(
+                        "value number {i} for row {n}, padded to about forty bytes"
+                    ))
+                } else {
+                    Value::Float(n as f64 * 0.37 + i as f64)
+                });
+            }
+            row
+        })
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    let started = std::time::Instant::now();
+    for (i, row) in rows.iter().enumerate() {
+        m.encode_upsert(i as u64, row, Unset::Never, NOW, &mut out)
+            .unwrap();
+    }
+    let elapsed = started.elapsed();
+    let bytes: usize = out.iter().map(|r| r.json.len()).sum();
+    println!(
+        "encoded {} events, {} bytes avg, in {:?}: {:.0} rows/s",
+        out.len(),
+        bytes / out.len(),
+        elapsed,
+        out.len() as f64 / elapsed.as_secs_f64()
+    );
+}

@@ -1,0 +1,1246 @@
+//! What operators write: tenants, sources and syncs. All of it comes from TOML (or the admin
+//! API) and is refused on unknown keys; `validate` checks what serde cannot and names the
+//! offending field in every message (`sync.mapping.time_column: …`).
+//!
+//! A sync's mapping is written flat (every table type's options side by side, as an operator
+//! writes them) and resolved by [`SyncSpec::validate`] into a typed [`Mapping`] whose
+//! [`Target`] holds exactly what its table type needs. Options that do not apply to the table
+//! type are refused rather than ignored, so a typo never silently changes what is sent.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A credential. Printing it, with `{}` or `{:?}`, shows `***`; only [`Secret::expose`] gives
+/// the value, so it can't reach a log by accident. It is deliberately not `Serialize`: the state
+/// store encrypts what it stores through `expose`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One problem in a spec. `field` is the dotted path of the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a spec (validation does not stop at the first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl SpecErrors {
+    /// True when some error is about `field` exactly.
+    pub fn mentions(&self, field: &str) -> bool {
+        self.0.iter().any(|e| e.field == field)
+    }
+}
+
+/// Collects errors while validating.
+#[derive(Default)]
+pub(crate) struct Problems(Vec<SpecError>);
+
+impl Problems {
+    pub(crate) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(SpecError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, SpecErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(SpecErrors(self.0))
+        }
+    }
+}
+
+/// Ids of tenants, sources and syncs end up in state-store keys, warehouse object names and
+/// `$insert_id`s: 1–63 characters of `[a-z0-9_-]`, starting with a letter or digit.
+fn check_id(problems: &mut Problems, field: &str, id: &str) {
+    let ok_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    let ok_start = id
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if id.is_empty() || id.len() > 63 || !ok_chars || !ok_start {
+        problems.add(
+            field,
+            format!("'{id}' is not a valid id: use 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"),
+        );
+    }
+}
+
+fn check_not_blank(problems: &mut Problems, field: &str, value: &str) {
+    if value.trim().is_empty() {
+        problems.add(field, "must not be empty");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenants
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    #[serde(alias = "US")]
+    Us,
+    #[serde(alias = "EU")]
+    Eu,
+    #[serde(alias = "IN")]
+    In,
+}
+
+/// Where a tenant's data goes: one of Mixpanel's regions, or a custom base URL (the bundled
+/// receiver, a proxy) that then serves every API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    #[serde(default)]
+    pub region: Option<Region>,
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+/// The base URLs of the APIs Ferry calls, without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `/import`, `/engage`, `/groups`, `/lookup-tables`.
+    pub ingestion: String,
+    /// `/api/2.0/export`.
+    pub export: String,
+    /// `/api/query/...`.
+    pub query: String,
+}
+
+impl Destination {
+    /// The endpoints, once the destination is valid (region or base URL, not both).
+    pub fn endpoints(&self) -> Endpoints {
+        if let Some(base) = &self.base_url {
+            let base = base.trim_end_matches('/').to_owned();
+            return Endpoints {
+                ingestion: base.clone(),
+                export: base.clone(),
+                query: base,
+            };
+        }
+        let (api, data, query) = match self.region.unwrap_or(Region::Us) {
+            Region::Us => ("api", "data", ""),
+            Region::Eu => ("api-eu", "data-eu", "eu."),
+            Region::In => ("api-in", "data-in", "in."),
+        };
+        Endpoints {
+            ingestion: format!("https://{api}.mixpanel.com"),
+            export: format!("https://{data}.mixpanel.com"),
+            query: format!("https://{query}mixpanel.com"),
+        }
+    }
+}
+
+/// How Ferry authenticates to the destination.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// Service account (HTTP Basic user:secret plus `project_id`); needed for lookup tables
+    /// and exports.
+    ServiceAccount { user: String, secret: Secret },
+    /// Project token as the Basic user name; enough for `/import`, `/engage`, `/groups`.
+    ProjectToken(Secret),
+}
+
+/// One analytics project and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub id: String,
+    pub name: String,
+    pub destination: Destination,
+    pub project_id: u64,
+    pub auth: Auth,
+    /// The project token, put in `$token` of profile updates. Optional with a service account
+    /// (Mixpanel accepts profile updates authenticated by the account); required to send
+    /// profiles with project-token auth, where it is the auth token itself.
+    #[serde(default)]
+    pub project_token: Option<Secret>,
+}
+
+impl TenantSpec {
+    pub fn validate(&self) -> Result<(), SpecErrors> {
+        let mut p = Problems::default();
+        check_id(&mut p, "tenant.id", &self.id);
+        check_not_blank(&mut p, "tenant.name", &self.name);
+        match (&self.destination.region, &self.destination.base_url) {
+            (Some(_), Some(_)) => p.add(
+                "tenant.destination",
+                "give either region or base_url, not both",
+            ),
+            (None, None) => p.add(
+                "tenant.destination",
+                "give region (us, eu or in) or base_url",
+            ),
+            (None, Some(url)) => {
+                let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+                let host = url.split_once("://").map_or("", |(_, rest)| rest);
+                if !scheme_ok || host.trim_matches('/').is_empty() || url.contains(['?', '#', ' '])
+                {
+                    p.add(
+                        "tenant.destination.base_url",
+                        format!("'{url}' is not an http(s) base URL without query (e.g. https://api-eu.mixpanel.com)"),
+                    );
+                }
+            }
+            (Some(_), None) => {}
+        }
+        if self.project_id == 0 {
+            p.add("tenant.project_id", "must be the project's numeric id");
+        }
+        match &self.auth {
+            Auth::ServiceAccount { user, secret } => {
+                check_not_blank(&mut p, "tenant.auth.service_account.user", user);
+                check_not_blank(
+                    &mut p,
+                    "tenant.auth.service_account.secret",
+                    secret.expose(),
+                );
+            }
+            Auth::ProjectToken(token) => {
+                check_not_blank(&mut p, "tenant.auth.project_token", token.expose())
+            }
+        }
+        p.finish(())
+    }
+
+    /// The token for `$token` in profile updates.
+    pub fn profile_token(&self) -> Option<&str> {
+        match (&self.project_token, &self.auth) {
+            (Some(token), _) | (None, Auth::ProjectToken(token)) => Some(token.expose()),
+            (None, Auth::ServiceAccount { .. }) => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources
+
+/// TLS towards PostgreSQL, as libpq names the modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Require,
+    VerifyCa,
+    /// The default: encrypted, certificate and host name checked.
+    #[default]
+    VerifyFull,
+}
+
+/// A CA certificate: inline PEM when the text holds a PEM header, else a file path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum CertSource {
+    Path(String),
+    Pem(String),
+}
+
+impl From<String> for CertSource {
+    fn from(text: String) -> Self {
+        if text.contains("-----BEGIN") {
+            CertSource::Pem(text)
+        } else {
+            CertSource::Path(text)
+        }
+    }
+}
+
+/// An SSH tunnel to reach the database through a bastion.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshTunnel {
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub user: String,
+    /// An unencrypted private key in PEM (OpenSSH or PKCS#8) form.
+    pub private_key: Secret,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+fn default_postgres_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresOptions {
+    pub host: String,
+    #[serde(default = "default_postgres_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    #[serde(default)]
+    pub ca_cert: Option<CertSource>,
+    #[serde(default)]
+    pub ssh_tunnel: Option<SshTunnel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteOptions {
+    pub path: String,
+}
+
+/// The warehouse and its connection options. Snowflake, BigQuery, Databricks and Redshift
+/// come later as further variants.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Postgres(PostgresOptions),
+    Sqlite(SqliteOptions),
+}
+
+impl SourceKind {
+    /// The name used in `$warehouse_type` and in messages.
+    pub fn warehouse_type(&self) -> &'static str {
+        match self {
+            SourceKind::Postgres(_) => "postgres",
+            SourceKind::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// A warehouse connection. In TOML: `[source.kind.postgres]` with the options below it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub id: String,
+    pub tenant: String,
+    pub kind: SourceKind,
+}
+
+impl SourceSpec {
+    pub fn validate(&self) -> Result<(), SpecErrors> {
+        let mut p = Problems::default();
+        check_id(&mut p, "source.id", &self.id);
+        check_id(&mut p, "source.tenant", &self.tenant);
+        match &self.kind {
+            SourceKind::Postgres(pg) => {
+                let f = "source.kind.postgres";
+                check_not_blank(&mut p, &format!("{f}.host"), &pg.host);
+                check_not_blank(&mut p, &format!("{f}.database"), &pg.database);
+                check_not_blank(&mut p, &format!("{f}.user"), &pg.user);
+                if pg.port == 0 {
+                    p.add(format!("{f}.port"), "must be between 1 and 65535");
+                }
+                match &pg.ca_cert {
+                    Some(_) if matches!(pg.ssl_mode, SslMode::Disable | SslMode::Require) => p.add(
+                        format!("{f}.ca_cert"),
+                        "a CA certificate is only used with ssl_mode verify-ca or verify-full",
+                    ),
+                    Some(CertSource::Pem(pem)) if !pem.contains("-----BEGIN CERTIFICATE-----") => p
+                        .add(
+                            format!("{f}.ca_cert"),
+                            "inline PEM must hold a '-----BEGIN CERTIFICATE-----' block",
+                        ),
+                    Some(CertSource::Path(path)) if path.trim().is_empty() => p.add(
+                        format!("{f}.ca_cert"),
+                        "must be a PEM file path or inline PEM",
+                    ),
+                    _ => {}
+                }
+                if let Some(ssh) = &pg.ssh_tunnel {
+                    let f = format!("{f}.ssh_tunnel");
+                    check_not_blank(&mut p, &format!("{f}.host"), &ssh.host);
+                    check_not_blank(&mut p, &format!("{f}.user"), &ssh.user);
+                    if ssh.port == 0 {
+                        p.add(format!("{f}.port"), "must be between 1 and 65535");
+                    }
+                    let key = ssh.private_key.expose();
+                    if !(key.contains("-----BEGIN") && key.contains("PRIVATE KEY-----")) {
+                        p.add(
+                            format!("{f}.private_key"),
+                            "must be a private key in PEM form ('-----BEGIN ... PRIVATE KEY-----')",
+                        );
+                    } else if key.contains("ENCRYPTED") {
+                        p.add(
+                            format!("{f}.private_key"),
+                            "the key is encrypted; give an unencrypted key (passphrases are not supported)",
+                        );
+                    }
+                }
+            }
+            SourceKind::Sqlite(sqlite) => {
+                check_not_blank(&mut p, "source.kind.sqlite.path", &sqlite.path)
+            }
+        }
+        p.finish(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Syncs
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableType {
+    Events,
+    UserProfiles,
+    GroupProfiles,
+    LookupTable,
+    ProfileHistory,
+}
+
+impl TableType {
+    pub fn name(self) -> &'static str {
+        match self {
+            TableType::Events => "events",
+            TableType::UserProfiles => "user_profiles",
+            TableType::GroupProfiles => "group_profiles",
+            TableType::LookupTable => "lookup_table",
+            TableType::ProfileHistory => "profile_history",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Inserts, updates and deletes since the last run.
+    Mirror,
+    /// Rows whose insert-time column is above the last run's maximum.
+    Append,
+    /// The whole table every run (not for events).
+    Full,
+    /// The whole table once; no cursor is kept.
+    #[serde(alias = "one-time")]
+    OneTime,
+}
+
+/// How a numeric time column counts. Timestamp, date and text columns ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    /// Numbers below 1e11 are seconds, below 1e14 milliseconds, else microseconds (the first
+    /// threshold is Mixpanel's own rule).
+    #[default]
+    Auto,
+    Seconds,
+    Milliseconds,
+    Microseconds,
+}
+
+/// The mapping as written: every table type's options side by side. See [`Mapping`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    /// Events: a static event name (or the name of profile-history events).
+    pub event_name: Option<String>,
+    /// Events: the column holding each row's event name.
+    pub event_name_column: Option<String>,
+    /// Events: event time; profile history: the row's start time.
+    pub time_column: Option<String>,
+    #[serde(default)]
+    pub time_unit: TimeUnit,
+    pub distinct_id_column: Option<String>,
+    pub user_id_column: Option<String>,
+    pub device_id_column: Option<String>,
+    /// A JSON column whose keys become properties.
+    pub properties_column: Option<String>,
+    /// Columns identifying a row: events derive `$insert_id` from them; Mirror diffs on them.
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    /// Column name → property name.
+    #[serde(default)]
+    pub renames: BTreeMap<String, String>,
+    /// Columns that are not sent as properties.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Group profiles: the group key configured in the project (e.g. `company_id`).
+    pub group_key: Option<String>,
+    pub group_id_column: Option<String>,
+    /// Lookup tables: the table's id in Mixpanel.
+    pub lookup_table_id: Option<String>,
+    /// Lookup tables: the key column (sent as the CSV's first column).
+    pub key_column: Option<String>,
+}
+
+/// An event's name: the same for every row, or read from a column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventName {
+    Static(String),
+    Column(String),
+}
+
+/// Where an event's time comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeSpec {
+    pub column: String,
+    pub unit: TimeUnit,
+}
+
+/// What a table type needs, resolved from the flat [`MappingSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Events {
+        event_name: EventName,
+        time: TimeSpec,
+        distinct_id_column: Option<String>,
+        user_id_column: Option<String>,
+        device_id_column: Option<String>,
+    },
+    UserProfiles {
+        distinct_id_column: String,
+    },
+    GroupProfiles {
+        group_key: String,
+        group_id_column: String,
+    },
+    LookupTable {
+        lookup_table_id: String,
+        key_column: String,
+    },
+    /// One history event per row at its start time, named `event_name`.
+    ProfileHistory {
+        event_name: String,
+        distinct_id_column: String,
+        time: TimeSpec,
+    },
+}
+
+/// A validated mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub target: Target,
+    pub properties_column: Option<String>,
+    pub key_columns: Vec<String>,
+    pub renames: BTreeMap<String, String>,
+    pub excludes: Vec<String>,
+}
+
+/// Property names Ferry sets itself; renames may not produce them.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    "time",
+    "distinct_id",
+    "$insert_id",
+    "$user_id",
+    "$device_id",
+    "$import",
+    "$source",
+    "$warehouse_type",
+    "$warehouse_import_id",
+    "$warehouse_import_job_id",
+    "$warehouse_import_run_id",
+    "$warehouse_table",
+    "$token",
+    "$distinct_id",
+    "$group_key",
+    "$group_id",
+];
+
+/// Column names Ferry uses in its own warehouse objects; a synced table may not have them.
+pub const RESERVED_COLUMNS: &[&str] = &["_mp_row_hash", "_mp_change_type"];
+
+/// One table (or SQL query) synced to one tenant's project.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSpec {
+    pub id: String,
+    pub tenant: String,
+    pub source: String,
+    /// A table or view name (optionally schema-qualified: `schema.table`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A SELECT to read instead of a table.
+    #[serde(default)]
+    pub sql: Option<String>,
+    pub table_type: TableType,
+    #[serde(default)]
+    pub mapping: MappingSpec,
+    pub mode: SyncMode,
+    /// When to run (a cron expression; interpreted by the scheduler). None: on demand only.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Validate every record before sending and log invalid rows as per-row errors; off, a
+    /// malformed JSON properties column is sent as a plain string property instead.
+    #[serde(default = "default_true")]
+    pub strict: bool,
+    /// Append: the insert-time column whose maximum is the cursor.
+    #[serde(default)]
+    pub cursor_column: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Something valid but worth telling the operator when a sync is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecWarning {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A sync that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSync {
+    pub mapping: Mapping,
+    pub warnings: Vec<SpecWarning>,
+}
+
+impl SyncSpec {
+    /// The name used in `$warehouse_table` and as the default profile-history event name.
+    pub fn table_label(&self) -> &str {
+        self.table.as_deref().unwrap_or("sql")
+    }
+
+    /// Checks the spec and resolves its mapping. Column existence and types are checked later,
+    /// against the source's columns, by [`crate::mapping::RowMapper::new`].
+    pub fn validate(&self) -> Result<ValidSync, SpecErrors> {
+        let mut p = Problems::default();
+        check_id(&mut p, "sync.id", &self.id);
+        check_id(&mut p, "sync.tenant", &self.tenant);
+        check_id(&mut p, "sync.source", &self.source);
+        match (&self.table, &self.sql) {
+            (Some(_), Some(_)) => p.add("sync.table", "give either table or sql, not both"),
+            (None, None) => p.add("sync.table", "give the table (or view) to read, or sql"),
+            (Some(t), None) => check_not_blank(&mut p, "sync.table", t),
+            (None, Some(q)) => check_not_blank(&mut p, "sync.sql", q),
+        }
+        if let Some(schedule) = &self.schedule {
+            check_not_blank(&mut p, "sync.schedule", schedule);
+        }
+        self.check_mode(&mut p);
+        let mapping = resolve_mapping(&self.mapping, self.table_type, self.table_label(), &mut p);
+        let warnings = self.warnings();
+        match mapping {
+            Some(mapping) => p.finish(ValidSync { mapping, warnings }),
+            None => Err(SpecErrors(p.0)),
+        }
+    }
+
+    fn check_mode(&self, p: &mut Problems) {
+        let tt = self.table_type;
+        match (self.mode, tt) {
+            (SyncMode::Full, TableType::Events) => p.add(
+                "sync.mode",
+                "full is not available for events: Mixpanel has no per-event delete, so re-sending the whole table every run would only duplicate work; use append (new rows) or mirror (changes)",
+            ),
+            (mode, TableType::ProfileHistory) if mode != SyncMode::Mirror => p.add(
+                "sync.mode",
+                "profile history is only supported with mirror",
+            ),
+            (SyncMode::Append | SyncMode::Mirror, TableType::LookupTable) => p.add(
+                "sync.mode",
+                "a lookup table is replaced whole on every run: use full or one_time",
+            ),
+            _ => {}
+        }
+        match (self.mode, &self.cursor_column) {
+            (SyncMode::Append, None) => p.add(
+                "sync.cursor_column",
+                "append needs the insert-time column whose maximum is remembered between runs",
+            ),
+            (SyncMode::Append, Some(c)) => check_not_blank(p, "sync.cursor_column", c),
+            (_, Some(_)) => p.add("sync.cursor_column", "only used by append mode"),
+            (_, None) => {}
+        }
+    }
+
+    fn warnings(&self) -> Vec<SpecWarning> {
+        let mut out = Vec::new();
+        let mut warn = |field: &str, message: &str| {
+            out.push(SpecWarning {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        let keyless = self.mapping.key_columns.is_empty();
+        if self.mode == SyncMode::Mirror && keyless {
+            warn(
+                "sync.mapping.key_columns",
+                "no key columns: rows identical in every column collapse to one, and an updated row is seen as a delete plus an insert",
+            );
+        }
+        if self.table_type == TableType::Events && keyless {
+            warn(
+                "sync.mapping.key_columns",
+                "no key columns: $insert_id is derived from the whole row, so an updated row arrives as a new event",
+            );
+        }
+        if self.table_type == TableType::Events && self.mode == SyncMode::Mirror {
+            warn(
+                "sync.mode",
+                "deleted rows cannot be removed from Mixpanel (its API has no per-event delete): they are counted as not applied and listed in the run log",
+            );
+        }
+        out
+    }
+}
+
+/// Resolves the flat mapping for `table_type`; `None` when a required part is missing
+/// (the reasons are in `p`).
+fn resolve_mapping(
+    m: &MappingSpec,
+    table_type: TableType,
+    table_label: &str,
+    p: &mut Problems,
+) -> Option<Mapping> {
+    let f = |name: &str| format!("sync.mapping.{name}");
+    let tt = table_type.name();
+    // Options that belong to other table types are refused, not ignored.
+    let mut not_for = |name: &str, set: bool| {
+        if set {
+            p.add(f(name), format!("not used by table type {tt}"));
+        }
+    };
+    let is_events = table_type == TableType::Events;
+    let is_history = table_type == TableType::ProfileHistory;
+    let uses_distinct =
+        matches!(table_type, TableType::Events | TableType::UserProfiles) || is_history;
+    not_for(
+        "event_name",
+        m.event_name.is_some() && !(is_events || is_history),
+    );
+    not_for(
+        "event_name_column",
+        m.event_name_column.is_some() && !is_events,
+    );
+    not_for(
+        "time_column",
+        m.time_column.is_some() && !(is_events || is_history),
+    );
+    not_for(
+        "time_unit",
+        m.time_unit != TimeUnit::Auto && !(is_events || is_history),
+    );
+    not_for(
+        "distinct_id_column",
+        m.distinct_id_column.is_some() && !uses_distinct,
+    );
+    not_for("user_id_column", m.user_id_column.is_some() && !is_events);
+    not_for(
+        "device_id_column",
+        m.device_id_column.is_some() && !is_events,
+    );
+    not_for(
+        "group_key",
+        m.group_key.is_some() && table_type != TableType::GroupProfiles,
+    );
+    not_for(
+        "group_id_column",
+        m.group_id_column.is_some() && table_type != TableType::GroupProfiles,
+    );
+    not_for(
+        "lookup_table_id",
+        m.lookup_table_id.is_some() && table_type != TableType::LookupTable,
+    );
+    not_for(
+        "key_column",
+        m.key_column.is_some() && table_type != TableType::LookupTable,
+    );
+    not_for(
+        "properties_column",
+        m.properties_column.is_some()
+            && matches!(
+                table_type,
+                TableType::LookupTable | TableType::ProfileHistory
+            ),
+    );
+
+    let required =
+        |p: &mut Problems, name: &str, value: &Option<String>, why: &str| -> Option<String> {
+            match value {
+                Some(v) if !v.trim().is_empty() => Some(v.clone()),
+                Some(_) => {
+                    p.add(f(name), "must not be empty");
+                    None
+                }
+                None => {
+                    p.add(f(name), format!("required for {tt}: {why}"));
+                    None
+                }
+            }
+        };
+    let time = |column: Option<String>| {
+        column.map(|column| TimeSpec {
+            column,
+            unit: m.time_unit,
+        })
+    };
+    let target = match table_type {
+        TableType::Events => {
+            let event_name = match (&m.event_name, &m.event_name_column) {
+                (Some(_), Some(_)) => {
+                    p.add(
+                        f("event_name"),
+                        "give either event_name or event_name_column, not both",
+                    );
+                    None
+                }
+                (Some(name), None) if name.trim().is_empty() => {
+                    p.add(f("event_name"), "must not be empty");
+                    None
+                }
+                (Some(name), None) => Some(EventName::Static(name.clone())),
+                (None, Some(col)) => Some(EventName::Column(col.clone())),
+                (None, None) => {
+                    p.add(
+                        f("event_name"),
+                        "required for events: a static event_name or an event_name_column",
+                    );
+                    None
+                }
+            };
+            let time = time(required(
+                p,
+                "time_column",
+                &m.time_column,
+                "the column holding each event's time",
+            ));
+            if m.distinct_id_column.is_none()
+                && m.user_id_column.is_none()
+                && m.device_id_column.is_none()
+            {
+                p.add(
+                    f("distinct_id_column"),
+                    "required for events: distinct_id_column, or user_id_column / device_id_column",
+                );
+            }
+            Target::Events {
+                event_name: event_name?,
+                time: time?,
+                distinct_id_column: m.distinct_id_column.clone(),
+                user_id_column: m.user_id_column.clone(),
+                device_id_column: m.device_id_column.clone(),
+            }
+        }
+        TableType::UserProfiles => Target::UserProfiles {
+            distinct_id_column: required(
+                p,
+                "distinct_id_column",
+                &m.distinct_id_column,
+                "the column holding each profile's distinct id",
+            )?,
+        },
+        TableType::GroupProfiles => {
+            let group_key = required(
+                p,
+                "group_key",
+                &m.group_key,
+                "the group key configured in the project",
+            );
+            let group_id_column = required(
+                p,
+                "group_id_column",
+                &m.group_id_column,
+                "the column holding each group's id",
+            );
+            Target::GroupProfiles {
+                group_key: group_key?,
+                group_id_column: group_id_column?,
+            }
+        }
+        TableType::LookupTable => {
+            let id = required(
+                p,
+                "lookup_table_id",
+                &m.lookup_table_id,
+                "the lookup table's id in the project",
+            );
+            let key = required(
+                p,
+                "key_column",
+                &m.key_column,
+                "the column sent first, as the table's key",
+            );
+            Target::LookupTable {
+                lookup_table_id: id?,
+                key_column: key?,
+            }
+        }
+        TableType::ProfileHistory => {
+            let distinct = required(
+                p,
+                "distinct_id_column",
+                &m.distinct_id_column,
+                "the column holding each profile's distinct id",
+            );
+            let time = time(required(
+                p,
+                "time_column",
+                &m.time_column,
+                "the column holding each row's start time",
+            ));
+            Target::ProfileHistory {
+                event_name: m
+                    .event_name
+                    .clone()
+                    .unwrap_or_else(|| table_label.to_owned()),
+                distinct_id_column: distinct?,
+                time: time?,
+            }
+        }
+    };
+
+    for (column, property) in &m.renames {
+        let field = f(&format!("renames.{column}"));
+        if property.trim().is_empty() {
+            p.add(field, "the new property name must not be empty");
+        } else if RESERVED_PROPERTIES.contains(&property.as_str()) {
+            p.add(
+                field,
+                format!("'{property}' is set by Ferry itself; map the column to that role instead"),
+            );
+        } else if m.excludes.contains(column) {
+            p.add(field, format!("column '{column}' is also excluded"));
+        }
+    }
+    let mut targets: Vec<&String> = m.renames.values().collect();
+    targets.sort();
+    if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
+        p.add(
+            f("renames"),
+            format!("two columns are renamed to '{}'", w[0]),
+        );
+    }
+    if m.key_columns.iter().any(|k| k.trim().is_empty()) {
+        p.add(f("key_columns"), "column names must not be empty");
+    }
+
+    Some(Mapping {
+        target,
+        properties_column: m.properties_column.clone(),
+        key_columns: m.key_columns.clone(),
+        renames: m.renames.clone(),
+        excludes: m.excludes.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(toml_text: &str) -> SyncSpec {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    const EVENTS: &str = r#"
+        id = "orders"
+        tenant = "acme"
+        source = "pg"
+        table = "public.orders"
+        table_type = "events"
+        mode = "append"
+        cursor_column = "inserted_at"
+        schedule = "*/15 * * * *"
+        [mapping]
+        event_name = "Order Placed"
+        time_column = "created_at"
+        distinct_id_column = "user_id"
+        key_columns = ["order_id"]
+        renames = { amount_cents = "Amount (cents)" }
+        excludes = ["internal_note"]
+    "#;
+
+    #[test]
+    fn a_complete_events_sync_resolves() {
+        let spec = sync(EVENTS);
+        assert!(spec.strict, "strict is the default");
+        let valid = spec.validate().unwrap();
+        assert_eq!(
+            valid.mapping.target,
+            Target::Events {
+                event_name: EventName::Static("Order Placed".into()),
+                time: TimeSpec {
+                    column: "created_at".into(),
+                    unit: TimeUnit::Auto
+                },
+                distinct_id_column: Some("user_id".into()),
+                user_id_column: None,
+                device_id_column: None,
+            }
+        );
+        assert_eq!(valid.mapping.renames["amount_cents"], "Amount (cents)");
+        assert!(valid.warnings.is_empty(), "{:?}", valid.warnings);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<SyncSpec>(
+            &EVENTS
+                .replace("strict", "x")
+                .replace("[mapping]", "colour = 1\n[mapping]"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = toml::from_str::<SyncSpec>(&format!("{EVENTS}\ntime_colum = \"x\"")).unwrap_err();
+        assert!(err.to_string().contains("time_colum"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut spec = sync(EVENTS);
+        spec.mapping.time_column = None;
+        spec.mapping.group_key = Some("company".into());
+        spec.cursor_column = None;
+        let err = spec.validate().unwrap_err();
+        assert!(err.mentions("sync.mapping.time_column"), "{err}");
+        assert!(err.mentions("sync.mapping.group_key"), "{err}");
+        assert!(err.mentions("sync.cursor_column"), "{err}");
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err
+            .to_string()
+            .contains("sync.mapping.group_key: not used by table type events"));
+
+        let mut spec = sync(EVENTS);
+        spec.id = "Bad Id".into();
+        spec.sql = Some("select 1".into());
+        let err = spec.validate().unwrap_err();
+        assert!(
+            err.mentions("sync.id") && err.mentions("sync.table"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mode_rules() {
+        let mut spec = sync(EVENTS);
+        spec.mode = SyncMode::Full;
+        spec.cursor_column = None;
+        let err = spec.validate().unwrap_err();
+        assert!(err.mentions("sync.mode"));
+        assert!(err.to_string().contains("full is not available for events"));
+
+        spec.mode = SyncMode::Mirror;
+        let ok = spec.validate().unwrap();
+        assert!(ok
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("no per-event delete")));
+
+        let mut history = sync(EVENTS);
+        history.table_type = TableType::ProfileHistory;
+        history.mapping.event_name = None;
+        history.mapping.key_columns.clear();
+        let err = history.validate().unwrap_err();
+        assert!(err.mentions("sync.mode"), "{err}");
+        history.mode = SyncMode::Mirror;
+        history.cursor_column = None;
+        let ok = history.validate().unwrap();
+        assert!(matches!(
+            ok.mapping.target,
+            Target::ProfileHistory { ref event_name, .. } if event_name == "public.orders"
+        ));
+        assert!(ok.warnings.iter().any(|w| w.message.contains("collapse")));
+    }
+
+    #[test]
+    fn each_table_type_needs_its_own_options() {
+        let base = |tt: &str, mapping: &str| {
+            sync(&format!(
+                "id='s'\ntenant='t'\nsource='src'\ntable='x'\ntable_type='{tt}'\nmode='full'\n[mapping]\n{mapping}"
+            ))
+        };
+        let err = base("user_profiles", "").validate().unwrap_err();
+        assert!(err.mentions("sync.mapping.distinct_id_column"));
+        let ok = base("user_profiles", "distinct_id_column='id'")
+            .validate()
+            .unwrap();
+        assert_eq!(
+            ok.mapping.target,
+            Target::UserProfiles {
+                distinct_id_column: "id".into()
+            }
+        );
+        let err = base("group_profiles", "group_id_column='gid'")
+            .validate()
+            .unwrap_err();
+        assert!(err.mentions("sync.mapping.group_key"));
+        let err = base("lookup_table", "lookup_table_id='7'\nproperties_column='p'")
+            .validate()
+            .unwrap_err();
+        assert!(err.mentions("sync.mapping.key_column"));
+        assert!(err.mentions("sync.mapping.properties_column"));
+        let err = base("events", "event_name='e'\ntime_column='t'").validate();
+        assert!(err.unwrap_err().mentions("sync.mode"));
+    }
+
+    #[test]
+    fn renames_may_not_take_reserved_names_or_collide() {
+        let mut spec = sync(EVENTS);
+        spec.mapping.renames.insert("a".into(), "time".into());
+        spec.mapping.renames.insert("b".into(), "x".into());
+        spec.mapping.renames.insert("c".into(), "x".into());
+        let err = spec.validate().unwrap_err();
+        assert!(err.mentions("sync.mapping.renames.a"), "{err}");
+        assert!(err.mentions("sync.mapping.renames"), "{err}");
+    }
+
+    #[test]
+    fn tenants_and_secrets() {
+        let tenant: TenantSpec = toml::from_str(
+            r#"
+            id = "acme"
+            name = "Acme"
+            project_id = 12345
+            destination = { region = "eu" }
+            auth = { service_account = { user = "sa.ferry", secret = "s3cr3t" } }
+            "#,
+        )
+        .unwrap();
+        tenant.validate().unwrap();
+        assert_eq!(
+            tenant.destination.endpoints().ingestion,
+            "https://api-eu.mixpanel.com"
+        );
+        assert_eq!(
+            tenant.destination.endpoints().export,
+            "https://data-eu.mixpanel.com"
+        );
+        let printed = format!("{tenant:?}");
+        assert!(
+            !printed.contains("s3cr3t") && printed.contains("***"),
+            "{printed}"
+        );
+        match &tenant.auth {
+            Auth::ServiceAccount { secret, .. } => {
+                assert_eq!(secret.expose(), "s3cr3t");
+                assert_eq!(secret.to_string(), "***");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut bad = tenant.clone();
+        bad.destination.base_url = Some("ftp://x".into());
+        bad.project_id = 0;
+        let err = bad.validate().unwrap_err();
+        assert!(err.mentions("tenant.destination"), "{err}");
+        assert!(err.mentions("tenant.project_id"), "{err}");
+        bad.destination.region = None;
+        let err = bad.validate().unwrap_err();
+        assert!(err.mentions("tenant.destination.base_url"), "{err}");
+
+        let local: TenantSpec = toml::from_str(
+            "id='t'\nname='T'\nproject_id=1\ndestination={base_url='http://127.0.0.1:8080/'}\nauth={project_token='tok'}",
+        )
+        .unwrap();
+        local.validate().unwrap();
+        assert_eq!(
+            local.destination.endpoints().ingestion,
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(local.profile_token(), Some("tok"));
+    }
+
+    #[test]
+    fn sources() {
+        let pg: SourceSpec = toml::from_str(
+            r#"
+            id = "pg"
+            tenant = "acme"
+            [kind.postgres]
+            host = "db.internal"
+            database = "shop"
+            user = "ferry"
+            password = "hunter2"
+            ssl_mode = "verify-ca"
+            ca_cert = "/etc/ferry/ca.pem"
+            [kind.postgres.ssh_tunnel]
+            host = "bastion"
+            user = "tunnel"
+            private_key = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----"
+            "#,
+        )
+        .unwrap();
+        pg.validate().unwrap();
+        let SourceKind::Postgres(opts) = &pg.kind else {
+            panic!("postgres expected")
+        };
+        assert_eq!(opts.port, 5432);
+        assert_eq!(opts.ssh_tunnel.as_ref().unwrap().port, 22);
+        assert_eq!(
+            opts.ca_cert,
+            Some(CertSource::Path("/etc/ferry/ca.pem".into()))
+        );
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert_eq!(pg.kind.warehouse_type(), "postgres");
+
+        let mut bad = opts.clone();
+        bad.ssl_mode = SslMode::Disable;
+        bad.host = " ".into();
+        if let Some(ssh) = bad.ssh_tunnel.as_mut() {
+            ssh.private_key =
+                Secret::new("-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n");
+        }
+        let bad = SourceSpec {
+            kind: SourceKind::Postgres(bad),
+            ..pg.clone()
+        };
+        let err = bad.validate().unwrap_err();
+        assert!(err.mentions("source.kind.postgres.ca_cert"), "{err}");
+        assert!(err.mentions("source.kind.postgres.host"), "{err}");
+        assert!(
+            err.mentions("source.kind.postgres.ssh_tunnel.private_key"),
+            "{err}"
+        );
+
+        let err = toml::from_str::<SourceSpec>("id='s'\ntenant='t'\n[kind.oracle]\npath='x'")
+            .unwrap_err();
+        assert!(err.to_string().contains("oracle"), "{err}");
+        let lite: SourceSpec =
+            toml::from_str("id='s'\ntenant='t'\n[kind.sqlite]\npath='data.db'").unwrap();
+        lite.validate().unwrap();
+    }
+}
