@@ -90,22 +90,29 @@ def main():
 
     lock = threading.Lock()
     stats = {"batches": 0, "batches_ok": 0, "batches_failed": 0, "records_in_batches": 0,
-             "imported": 0, "failed_records": 0}
+             "imported": 0, "gave_up": 0}
     original_send = mp._send_batch
 
     def observed_send(base_url, endpoint, batch, retries=0):
         resp = None
         try:
             resp = original_send(base_url, endpoint, batch, retries=retries)
+        except BaseException as e:
+            # After max_retries 5xx/network failures the library raises a bare
+            # BaseException, which _send_batch does not catch; left alone it kills
+            # the ThreadPool worker and import_events() never returns. Contain it.
+            if type(e) is not BaseException:
+                raise
+            with lock:
+                stats["gave_up"] += 1
         finally:
             # resp stays None when the library swallowed an HTTP 4xx, gave up after
             # retries, or dumped the batch to import_backup.txt.
-            ok, imported, failed = False, 0, len(batch)
+            ok, imported = False, 0
             if isinstance(resp, str):
                 try:
                     body = json.loads(resp)
                     imported = int(body.get("num_records_imported", 0))
-                    failed = len(body.get("failed_records") or [])
                     ok = body.get("status") in ("OK", 1) and imported == len(batch)
                 except (ValueError, AttributeError, TypeError):
                     pass
@@ -113,7 +120,6 @@ def main():
                 stats["batches"] += 1
                 stats["records_in_batches"] += len(batch)
                 stats["imported"] += imported
-                stats["failed_records"] += failed
                 stats["batches_ok" if ok else "batches_failed"] += 1
         return resp
 
@@ -150,11 +156,11 @@ def main():
         "sent": len(events),
         "imported": stats["imported"],
         "failed": len(events) - stats["imported"],
-        "failed_records_reported": stats["failed_records"],
         "dropped_invalid": invalid,
         "batches": stats["batches"],
         "batches_ok": stats["batches_ok"],
         "batches_failed": stats["batches_failed"],
+        "batches_gave_up": stats["gave_up"],
         "backup_batches": backed_up,
         "library_errors_logged": counter.errors,
         "library_warnings_logged": counter.warnings,
