@@ -667,6 +667,24 @@ fn encode_throughput() {
             row
         })
         .collect();
+    let started = std::time::Instant::now();
+    let mut mapped = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        mapped.push(m.map_event(i as u64, row).unwrap());
+    }
+    let map_only = started.elapsed();
+    let started = std::time::Instant::now();
+    for event in &mut mapped {
+        crate::ingest::event::validate_event(event, 0, &EventRules::default(), NOW).unwrap();
+    }
+    let validate_only = started.elapsed();
+    let started = std::time::Instant::now();
+    for event in &mapped {
+        std::hint::black_box(serde_json::to_vec(event).unwrap());
+    }
+    let serialize_only = started.elapsed();
+    drop(mapped);
+    println!("map {map_only:?}, validate {validate_only:?}, serialize {serialize_only:?}");
     let mut out = Vec::with_capacity(rows.len());
     let started = std::time::Instant::now();
     for (i, row) in rows.iter().enumerate() {
