@@ -34,7 +34,9 @@ pub async fn export(State(app): State<Arc<App>>, Query(params): Query<Params>, h
 
 fn date_param(params: &Params, name: &str) -> Result<NaiveDate, String> {
     let raw = params.get(name).ok_or_else(|| format!("'{name}' is required (YYYY-MM-DD)"))?;
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|_| format!("'{name}' must be a date as YYYY-MM-DD, got '{raw}'"))
+    let well_formed = raw.len() == 10 && raw.as_bytes()[4] == b'-' && raw.as_bytes()[7] == b'-';
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().filter(|_| well_formed).ok_or(())
+        .map_err(|_| format!("'{name}' must be a date as YYYY-MM-DD, got '{raw}'"))
 }
 
 fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Result<Response, String> {
