@@ -14,8 +14,8 @@ pub struct RecordFailure {
     pub index_in_batch: usize,
     /// The event's `$insert_id`: as the server reported it, else the batch record's key.
     pub insert_id: Option<String>,
-    /// The profile's `$distinct_id` (profile endpoints): as the server reported it, else the
-    /// batch record's key.
+    /// Profile endpoints: the update's `$distinct_id` as the server reported it, else the
+    /// batch record's key (for `/groups`, whatever key the caller gave, e.g. the group id).
     pub distinct_id: Option<String>,
     /// Mixpanel's dotted field name (`properties.time`); empty when the server gave none.
     pub field: String,

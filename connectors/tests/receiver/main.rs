@@ -1,0 +1,6 @@
+//! The Mixpanel client against the real bundled receiver over loopback HTTP: no mocks.
+
+mod common;
+mod events;
+mod lookup;
+mod profiles;
