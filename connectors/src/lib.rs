@@ -5,3 +5,4 @@
 //!   receiver, which speaks the same API plus Ferry's extensions).
 
 pub mod mixpanel;
+pub mod warehouse;
