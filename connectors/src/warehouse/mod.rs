@@ -12,7 +12,10 @@ use tokio::sync::mpsc;
 /// What a sync reads: a table or view, or a SQL query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadSource {
-    Table { schema: Option<String>, name: String },
+    Table {
+        schema: Option<String>,
+        name: String,
+    },
     Sql(String),
 }
 
@@ -83,7 +86,9 @@ pub enum WarehouseError {
 impl Classify for WarehouseError {
     fn class(&self) -> ErrorClass {
         match self {
-            WarehouseError::Unreachable { .. } | WarehouseError::ConnectionLost(_) => ErrorClass::Retryable,
+            WarehouseError::Unreachable { .. } | WarehouseError::ConnectionLost(_) => {
+                ErrorClass::Retryable
+            }
             WarehouseError::Value { .. } => ErrorClass::PerRow,
             _ => ErrorClass::Fatal,
         }
@@ -110,5 +115,15 @@ pub trait Warehouse: Send + Sync {
 
     /// Streams the rows of `request` into `out`, page by page. Returns when every row was sent,
     /// or with `WarehouseError::Stopped` when `out` was closed.
-    async fn read(&self, request: &ReadRequest, out: mpsc::Sender<Page>) -> Result<ReadSummary, WarehouseError>;
+    async fn read(
+        &self,
+        request: &ReadRequest,
+        out: mpsc::Sender<Page>,
+    ) -> Result<ReadSummary, WarehouseError>;
 }
+
+mod paging;
+pub use paging::Pager;
+
+#[cfg(feature = "warehouse-sqlite")]
+pub mod sqlite;
