@@ -1,5 +1,7 @@
-//! The per-sync pipeline. This crate holds the pieces whose correctness the whole pipeline rests
-//! on: when a cursor may be committed, and how a failed pipeline is restarted.
+//! The per-sync pipeline: the stages of one run (`pipeline`), when a cursor may be committed
+//! (`checkpoint`), and how a failed pipeline is restarted (`restart`). The ractor actors
+//! (SyncSupervisor, NodeAgent) that host these stages come next.
 
 pub mod checkpoint;
+pub mod pipeline;
 pub mod restart;

@@ -1,0 +1,358 @@
+//! One attempt of a sync run, as the SyncSupervisor starts it: the source streams pages, the
+//! diff stage encodes them into records (JSON serialized once) and routes each record by its
+//! route hash to one of K import shards, the shards batch and send, and the checkpoint stage
+//! commits the cursor once everything before it was acknowledged.
+//!
+//! Rows travel in bounded tokio channels: the bounds are the backpressure, so memory stays
+//! bounded whatever the table size. Acknowledgements travel on an unbounded channel, which is
+//! safe because they are bounded by the records in flight, and it means a shard never waits on
+//! the checkpoint stage while the diff stage waits on the shard.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry_connectors::mixpanel::{Batch, BatchBuilder, MixpanelClient, MixpanelError, RecordEndpoint};
+use ferry_connectors::warehouse::{Page, ReadRequest, Warehouse, WarehouseError};
+use ferry_core::mapping::{EncodedRecord, RecordKind, RowError, RowMapper, Unset};
+use ferry_core::value::Value;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::checkpoint::{CheckpointTracker, PageSeq, TrackerError};
+
+/// Where committed cursors go: a fenced write in the state store.
+#[async_trait]
+pub trait CursorSink: Send + Sync {
+    async fn commit(&self, cursor: &Value) -> Result<(), String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Pages the source may run ahead of the diff stage.
+    pub pages_in_flight: usize,
+    /// Import shards (K).
+    pub shards: usize,
+    /// Records queued per shard.
+    pub shard_queue: usize,
+    /// Per-row errors kept in the run's log (the counts are always complete).
+    pub max_row_errors: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self { pages_in_flight: 2, shards: 4, shard_queue: 4096, max_row_errors: 1000 }
+    }
+}
+
+/// Live counters of a run, readable while it goes.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    pub rows_read: AtomicU64,
+    pub records_sent: AtomicU64,
+    pub records_accepted: AtomicU64,
+    pub rows_invalid: AtomicU64,
+    pub records_refused: AtomicU64,
+    pub cursor_commits: AtomicU64,
+}
+
+/// A row or record that did not make it, kept in the run's bounded error log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunRowError {
+    /// `invalid_row` (mapping / validation before sending) or `refused` (the destination's 400).
+    pub reason: &'static str,
+    pub row: Option<u64>,
+    pub key: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("source: {0}")]
+    Source(#[from] WarehouseError),
+    #[error("destination: {0}")]
+    Destination(#[from] MixpanelError),
+    #[error("cursor commit failed: {0}")]
+    Commit(String),
+    #[error("checkpoint bookkeeping: {0}")]
+    Tracker(#[from] TrackerError),
+    #[error("a pipeline stage stopped unexpectedly: {0}")]
+    Stage(String),
+}
+
+/// What one attempt needs.
+pub struct PipelineInput {
+    pub warehouse: Arc<dyn Warehouse>,
+    pub read: ReadRequest,
+    pub mapper: Arc<RowMapper>,
+    pub client: MixpanelClient,
+    pub sink: Arc<dyn CursorSink>,
+    pub progress: Arc<RunProgress>,
+    pub settings: PipelineSettings,
+}
+
+/// The outcome of a completed attempt.
+#[derive(Debug, Default)]
+pub struct PipelineReport {
+    pub committed_cursor: Option<Value>,
+    pub row_errors: Vec<RunRowError>,
+}
+
+enum Ack {
+    Open(PageSeq, Option<Value>),
+    Seal(PageSeq, u64),
+    Finished(PageSeq, u64),
+}
+
+struct ShardItem {
+    seq: PageSeq,
+    record: EncodedRecord,
+}
+
+struct ErrorLog {
+    max: usize,
+    entries: Mutex<Vec<RunRowError>>,
+}
+
+impl ErrorLog {
+    fn push(&self, e: RunRowError) {
+        let mut entries = self.entries.lock();
+        if entries.len() < self.max {
+            entries.push(e);
+        }
+    }
+}
+
+/// Runs one attempt to completion, or to the first error (the cursor then stays at the last
+/// commit, and a restart resumes from there).
+pub async fn run_pipeline(input: PipelineInput) -> Result<PipelineReport, PipelineError> {
+    let PipelineInput { warehouse, read, mapper, client, sink, progress, settings } = input;
+    let shards = settings.shards.max(1);
+    let log = Arc::new(ErrorLog { max: settings.max_row_errors, entries: Mutex::new(Vec::new()) });
+    let (page_tx, page_rx) = mpsc::channel::<Page>(settings.pages_in_flight.max(1));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
+    let mut shard_txs = Vec::with_capacity(shards);
+    let mut tasks: JoinSet<Result<Option<Value>, PipelineError>> = JoinSet::new();
+
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel::<ShardItem>(settings.shard_queue.max(1));
+        shard_txs.push(tx);
+        tasks.spawn(import_shard(rx, client.clone(), ack_tx.clone(), progress.clone(), log.clone()));
+    }
+    tasks.spawn(async move {
+        warehouse.read(&read, page_tx).await?;
+        Ok(None)
+    });
+    tasks.spawn(diff_stage(page_rx, mapper, shard_txs, ack_tx, progress.clone(), log.clone()));
+    tasks.spawn(checkpoint_stage(ack_rx, sink, progress));
+
+    let mut committed = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(Some(cursor))) => committed = Some(cursor),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tasks.abort_all();
+                return Err(e);
+            }
+            Err(e) => {
+                tasks.abort_all();
+                return Err(PipelineError::Stage(e.to_string()));
+            }
+        }
+    }
+    let row_errors = std::mem::take(&mut *log.entries.lock());
+    Ok(PipelineReport { committed_cursor: committed, row_errors })
+}
+
+async fn diff_stage(
+    mut pages: mpsc::Receiver<Page>,
+    mapper: Arc<RowMapper>,
+    shards: Vec<mpsc::Sender<ShardItem>>,
+    acks: mpsc::UnboundedSender<Ack>,
+    progress: Arc<RunProgress>,
+    log: Arc<ErrorLog>,
+) -> Result<Option<Value>, PipelineError> {
+    let mut seq: PageSeq = 0;
+    let mut row_index: u64 = 0;
+    let stopped = || PipelineError::Stage("the checkpoint stage stopped".into());
+    while let Some(page) = pages.recv().await {
+        acks.send(Ack::Open(seq, page.complete_through.clone())).map_err(|_| stopped())?;
+        let first_row = row_index;
+        row_index += page.batch.rows.len() as u64;
+        progress.rows_read.fetch_add(page.batch.rows.len() as u64, Ordering::Relaxed);
+        let mapper = mapper.clone();
+        // Encoding is CPU work: keep it off the async worker threads.
+        let (records, errors) = tokio::task::spawn_blocking(move || encode_page(&mapper, first_row, &page))
+            .await
+            .map_err(|e| PipelineError::Stage(format!("encoding: {e}")))?;
+        progress.rows_invalid.fetch_add(errors.len() as u64, Ordering::Relaxed);
+        for e in errors {
+            log.push(RunRowError { reason: "invalid_row", row: Some(e.row), key: e.key, field: e.field, message: e.message });
+        }
+        let count = records.len() as u64;
+        for record in records {
+            let shard = (record.route_hash % shards.len() as u64) as usize;
+            shards[shard]
+                .send(ShardItem { seq, record })
+                .await
+                .map_err(|_| PipelineError::Stage("an import shard stopped".into()))?;
+        }
+        acks.send(Ack::Seal(seq, count)).map_err(|_| stopped())?;
+        seq += 1;
+    }
+    Ok(None)
+}
+
+fn encode_page(mapper: &RowMapper, first_row: u64, page: &Page) -> (Vec<EncodedRecord>, Vec<RowError>) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut records = Vec::with_capacity(page.batch.rows.len());
+    let mut errors = Vec::new();
+    for (i, row) in page.batch.rows.iter().enumerate() {
+        if let Err(e) = mapper.encode_upsert(first_row + i as u64, row, Unset::Never, now, &mut records) {
+            errors.push(e);
+        }
+    }
+    (records, errors)
+}
+
+async fn import_shard(
+    mut input: mpsc::Receiver<ShardItem>,
+    client: MixpanelClient,
+    acks: mpsc::UnboundedSender<Ack>,
+    progress: Arc<RunProgress>,
+    log: Arc<ErrorLog>,
+) -> Result<Option<Value>, PipelineError> {
+    let mut builder = BatchBuilder::new();
+    let mut kinds: Vec<RecordKind> = Vec::new();
+    let mut seqs: Vec<PageSeq> = Vec::new();
+    loop {
+        // Wait for a record; when none is queued right now, send what is pending instead of
+        // holding it (the checkpoint cannot move past records that sit in a builder).
+        let item = match input.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if let Some(batch) = builder.flush() {
+                    send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+                }
+                input.recv().await
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+        let Some(ShardItem { seq, record }) = item else { break };
+        let key = record.insert_id.clone();
+        // One endpoint per batch: a sync produces one record kind, but check rather than mix.
+        if kinds.first().is_some_and(|k| *k != record.kind) {
+            if let Some(batch) = builder.flush() {
+                send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+            }
+        }
+        match builder.push(record.json, key.clone()) {
+            Ok(complete) => {
+                // The pushed record is either in `complete` (it filled it) or pending.
+                let pending_after = builder.pending_records();
+                kinds.push(record.kind);
+                seqs.push(seq);
+                if let Some(batch) = complete {
+                    let in_batch = batch.len();
+                    let mut rest_kinds = kinds.split_off(in_batch);
+                    let mut rest_seqs = seqs.split_off(in_batch);
+                    debug_assert_eq!(rest_seqs.len(), pending_after);
+                    send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+                    kinds.append(&mut rest_kinds);
+                    seqs.append(&mut rest_seqs);
+                }
+            }
+            Err(e) => {
+                log.push(RunRowError { reason: "invalid_row", row: None, key, field: "record".into(), message: e.to_string() });
+                progress.rows_invalid.fetch_add(1, Ordering::Relaxed);
+                acks.send(Ack::Finished(seq, 1)).map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
+            }
+        }
+    }
+    if let Some(batch) = builder.flush() {
+        send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+    }
+    Ok(None)
+}
+
+/// Sends one batch whose records' kinds and pages are the first `batch.len()` entries of
+/// `kinds` / `seqs` (removed here), and reports every record as finished.
+async fn send(
+    client: &MixpanelClient,
+    batch: Batch,
+    kinds: &mut Vec<RecordKind>,
+    seqs: &mut Vec<PageSeq>,
+    acks: &mpsc::UnboundedSender<Ack>,
+    progress: &RunProgress,
+    log: &ErrorLog,
+) -> Result<(), PipelineError> {
+    let n = batch.len();
+    let endpoint = match kinds.first() {
+        Some(RecordKind::UserProfile) => RecordEndpoint::Engage,
+        Some(RecordKind::GroupProfile) => RecordEndpoint::Groups,
+        _ => RecordEndpoint::Import,
+    };
+    let batch_seqs: Vec<PageSeq> = seqs.drain(..n).collect();
+    kinds.drain(..n);
+    progress.records_sent.fetch_add(n as u64, Ordering::Relaxed);
+    let outcome = client.send(endpoint, batch).await?;
+    progress.records_accepted.fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+    progress.records_refused.fetch_add((n - outcome.accepted) as u64, Ordering::Relaxed);
+    for f in &outcome.failed {
+        log.push(RunRowError {
+            reason: "refused",
+            row: None,
+            key: f.insert_id.clone().or_else(|| f.distinct_id.clone()),
+            field: f.field.clone(),
+            message: f.message.clone(),
+        });
+    }
+    for extra in &outcome.unattributed_failures {
+        log.push(RunRowError { reason: "refused", row: None, key: None, field: String::new(), message: extra.clone() });
+    }
+    // Every record of the batch is finished: accepted, or refused and logged.
+    let mut per_page: Vec<(PageSeq, u64)> = Vec::new();
+    for s in batch_seqs {
+        match per_page.last_mut() {
+            Some((last, count)) if *last == s => *count += 1,
+            _ => per_page.push((s, 1)),
+        }
+    }
+    for (s, count) in per_page {
+        acks.send(Ack::Finished(s, count)).map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
+    }
+    Ok(())
+}
+
+async fn checkpoint_stage(
+    mut acks: mpsc::UnboundedReceiver<Ack>,
+    sink: Arc<dyn CursorSink>,
+    progress: Arc<RunProgress>,
+) -> Result<Option<Value>, PipelineError> {
+    let mut tracker = CheckpointTracker::new();
+    let mut committed = None;
+    while let Some(ack) = acks.recv().await {
+        match ack {
+            Ack::Open(seq, cursor) => {
+                let opened = tracker.open_page(cursor);
+                if opened != seq {
+                    return Err(PipelineError::Stage(format!("page {seq} opened out of order (expected {opened})")));
+                }
+            }
+            Ack::Seal(seq, n) => tracker.seal_page(seq, n)?,
+            Ack::Finished(seq, n) => tracker.finish_records(seq, n)?,
+        }
+        if let Some(cursor) = tracker.take_commit() {
+            sink.commit(&cursor).await.map_err(PipelineError::Commit)?;
+            progress.cursor_commits.fetch_add(1, Ordering::Relaxed);
+            committed = Some(cursor);
+        }
+    }
+    if tracker.pending_pages() > 0 {
+        return Err(PipelineError::Stage(format!("{} pages were never fully acknowledged", tracker.pending_pages())));
+    }
+    Ok(committed)
+}
