@@ -231,7 +231,7 @@ async fn cursor_reads_hold_back_ties_across_pages() {
     );
     // Resume after the first page's safe point: all the 2s come again, nothing is lost.
     let resumed = read_all(&w, req(Some(Value::Int(1))), 1).await;
-    let ts: Vec<i64> = resumed.iter().flat_map(|p| cursor_of(p)).collect();
+    let ts: Vec<i64> = resumed.iter().flat_map(&cursor_of).collect();
     assert_eq!(ts, vec![2, 2, 2, 2, 3, 4, 4, 5]);
     assert_eq!(
         resumed.last().unwrap().complete_through,

@@ -125,5 +125,7 @@ pub trait Warehouse: Send + Sync {
 mod paging;
 pub use paging::Pager;
 
+#[cfg(feature = "warehouse-postgres")]
+pub mod postgres;
 #[cfg(feature = "warehouse-sqlite")]
 pub mod sqlite;
