@@ -11,8 +11,9 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
-/// One cell.
-#[derive(Debug, Clone, PartialEq)]
+/// One cell. Serializable (tagged by variant) so a cursor value can be stored exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum Value {
     Null,
     Bool(bool),
@@ -291,5 +292,26 @@ mod tests {
         assert_eq!(batch.column_index("Name"), Some(1));
         assert_eq!(batch.column_index("name"), None);
         assert_eq!(batch.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    #[test]
+    fn cursor_values_round_trip_exactly_through_json() {
+        let values = vec![
+            Value::Int(42),
+            Value::Decimal("12.500".into()),
+            Value::Timestamp(DateTime::parse_from_rfc3339("2024-05-06T07:08:09.123456Z").unwrap().with_timezone(&Utc)),
+            Value::TimestampNaive(NaiveDate::from_ymd_opt(2024, 1, 2).unwrap().and_hms_micro_opt(3, 4, 5, 6).unwrap()),
+            Value::Text("a".into()),
+            Value::Null,
+        ];
+        let json = serde_json::to_string(&values).unwrap();
+        let back: Vec<Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, values);
+        assert!(json.contains(r#"{"type":"int","value":42}"#), "{json}");
     }
 }
