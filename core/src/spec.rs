@@ -302,10 +302,37 @@ pub struct SshTunnel {
     pub user: String,
     /// An unencrypted private key in PEM (OpenSSH or PKCS#8) form.
     pub private_key: Secret,
+    /// The bastion's host key, to be sure the tunnel reaches the real bastion: either its
+    /// SHA-256 fingerprint as `ssh-keygen -l` prints it (`SHA256:...`) or its public key as in
+    /// `known_hosts` or a `.pub` file (`ssh-ed25519 AAAA...`). Without it any host key is
+    /// accepted (and its fingerprint logged as a warning), which leaves the SSH leg open to a
+    /// man in the middle: set it in production.
+    #[serde(default)]
+    pub host_key: Option<String>,
 }
 
 fn default_ssh_port() -> u16 {
     22
+}
+
+/// The shape of an SSH host key setting; the connector parses it for real. A fingerprint is
+/// `SHA256:` and unpadded base64 of 32 bytes; a public key is an algorithm name and base64 (an
+/// optional leading host pattern and a trailing comment, as in `known_hosts`, are allowed).
+fn looks_like_host_key(text: &str) -> bool {
+    let text = text.trim();
+    let is_base64 = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    };
+    if let Some(fp) = text.strip_prefix("SHA256:") {
+        return fp.len() == 43 && is_base64(fp);
+    }
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    fields.windows(2).any(|w| {
+        (w[0].starts_with("ssh-") || w[0].starts_with("ecdsa-") || w[0].starts_with("sk-"))
+            && is_base64(w[1])
+    })
 }
 
 fn default_postgres_port() -> u16 {
@@ -412,6 +439,14 @@ impl SourceSpec {
                             format!("{f}.private_key"),
                             "the key is encrypted; give an unencrypted key (passphrases are not supported)",
                         );
+                    }
+                    if let Some(host_key) = &ssh.host_key {
+                        if !looks_like_host_key(host_key) {
+                            p.add(
+                                format!("{f}.host_key"),
+                                "must be a SHA-256 fingerprint ('SHA256:...') or a public key ('ssh-ed25519 AAAA...')",
+                            );
+                        }
                     }
                 }
             }
@@ -1235,6 +1270,35 @@ mod tests {
             err.mentions("source.kind.postgres.ssh_tunnel.private_key"),
             "{err}"
         );
+
+        // The bastion's host key: a fingerprint or a public key; anything else names the field.
+        assert_eq!(opts.ssh_tunnel.as_ref().unwrap().host_key, None);
+        for good in [
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl root@host",
+            "bastion,10.0.0.1 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY=",
+        ] {
+            let mut ok = opts.clone();
+            ok.ssh_tunnel.as_mut().unwrap().host_key = Some(good.into());
+            let spec = SourceSpec {
+                kind: SourceKind::Postgres(ok),
+                ..pg.clone()
+            };
+            spec.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad_key in ["", "SHA256:short", "MD5:aa:bb", "AAAAC3NzaC1lZDI1NTE5"] {
+            let mut bad = opts.clone();
+            bad.ssh_tunnel.as_mut().unwrap().host_key = Some(bad_key.into());
+            let spec = SourceSpec {
+                kind: SourceKind::Postgres(bad),
+                ..pg.clone()
+            };
+            let err = spec.validate().unwrap_err();
+            assert!(
+                err.mentions("source.kind.postgres.ssh_tunnel.host_key"),
+                "{bad_key}: {err}"
+            );
+        }
 
         let err = toml::from_str::<SourceSpec>("id='s'\ntenant='t'\n[kind.oracle]\npath='x'")
             .unwrap_err();
