@@ -1,0 +1,15 @@
+//! Cluster coordination. For now: the state store — ownership with fencing tokens, cursors and
+//! run history — behind the [`store::StateStore`] trait, with its single-node implementation
+//! ([`embedded::EmbeddedStore`], one file). The etcd store, node leases, coordinator election,
+//! placement, the scheduler and the admin API service come next and build on the same trait.
+
+pub mod embedded;
+pub mod keys;
+pub mod records;
+pub mod sink;
+pub mod store;
+
+pub use embedded::{EmbeddedSettings, EmbeddedStore};
+pub use records::{CursorRecord, Owner, RunCounts, RunErrorEntry, RunRecord, RunState, SyncId};
+pub use sink::FencedCursorSink;
+pub use store::{Fence, StateStore, StoreError};
