@@ -5,3 +5,4 @@
 pub mod checkpoint;
 pub mod pipeline;
 pub mod restart;
+pub mod supervisor;

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ferry_core::error::{Classify, ErrorClass};
+use futures_util::future::BoxFuture;
 use ferry_connectors::mixpanel::{Batch, BatchBuilder, MixpanelClient, MixpanelError, RecordEndpoint};
 use ferry_connectors::warehouse::{Page, ReadRequest, Warehouse, WarehouseError};
 use ferry_core::mapping::{EncodedRecord, RecordKind, RowError, RowMapper, Unset};
@@ -78,8 +80,22 @@ pub enum PipelineError {
     Commit(String),
     #[error("checkpoint bookkeeping: {0}")]
     Tracker(#[from] TrackerError),
+    /// A stage lost its neighbour (usually because that one failed first) or panicked.
     #[error("a pipeline stage stopped unexpectedly: {0}")]
     Stage(String),
+}
+
+impl Classify for PipelineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            PipelineError::Source(e) => e.class(),
+            PipelineError::Destination(e) => e.class(),
+            // A refused commit means the claim was lost: another owner runs the sync now.
+            PipelineError::Commit(_) => ErrorClass::Fatal,
+            PipelineError::Tracker(_) => ErrorClass::Fatal,
+            PipelineError::Stage(_) => ErrorClass::Retryable,
+        }
+    }
 }
 
 /// What one attempt needs.
@@ -111,7 +127,7 @@ struct ShardItem {
     record: EncodedRecord,
 }
 
-struct ErrorLog {
+pub struct ErrorLog {
     max: usize,
     entries: Mutex<Vec<RunRowError>>,
 }
@@ -125,29 +141,80 @@ impl ErrorLog {
     }
 }
 
-/// Runs one attempt to completion, or to the first error (the cursor then stays at the last
-/// commit, and a restart resumes from there).
-pub async fn run_pipeline(input: PipelineInput) -> Result<PipelineReport, PipelineError> {
+/// One stage of an attempt: a named future that runs until its input ends or it fails. The
+/// checkpoint stage returns the last committed cursor; the others return `None`.
+pub struct Stage {
+    pub name: String,
+    pub work: BoxFuture<'static, Result<Option<Value>, PipelineError>>,
+}
+
+/// The stages of one attempt, wired together, and the log they share.
+pub struct PipelineStages {
+    pub stages: Vec<Stage>,
+    log: Arc<ErrorLog>,
+}
+
+impl PipelineStages {
+    /// The per-row errors logged so far (bounded by `max_row_errors`).
+    pub fn row_errors(&self) -> Vec<RunRowError> {
+        self.log.entries.lock().clone()
+    }
+
+    /// A handle that reads the error log after the stages were handed out.
+    pub fn error_log(&self) -> ErrorLogHandle {
+        ErrorLogHandle(self.log.clone())
+    }
+}
+
+/// Reads a run's bounded per-row error log.
+#[derive(Clone)]
+pub struct ErrorLogHandle(Arc<ErrorLog>);
+
+impl ErrorLogHandle {
+    pub fn entries(&self) -> Vec<RunRowError> {
+        self.0.entries.lock().clone()
+    }
+}
+
+/// Wires the stages of one attempt: SourceActor's read, the DiffActor's encoding, K
+/// ImportShardActors and the CheckpointTracker, joined by bounded channels.
+pub fn build_stages(input: PipelineInput) -> PipelineStages {
     let PipelineInput { warehouse, read, mapper, client, sink, progress, settings } = input;
     let shards = settings.shards.max(1);
     let log = Arc::new(ErrorLog { max: settings.max_row_errors, entries: Mutex::new(Vec::new()) });
     let (page_tx, page_rx) = mpsc::channel::<Page>(settings.pages_in_flight.max(1));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
     let mut shard_txs = Vec::with_capacity(shards);
-    let mut tasks: JoinSet<Result<Option<Value>, PipelineError>> = JoinSet::new();
-
-    for _ in 0..shards {
+    let mut stages = Vec::with_capacity(shards + 3);
+    for k in 0..shards {
         let (tx, rx) = mpsc::channel::<ShardItem>(settings.shard_queue.max(1));
         shard_txs.push(tx);
-        tasks.spawn(import_shard(rx, client.clone(), ack_tx.clone(), progress.clone(), log.clone()));
+        stages.push(Stage {
+            name: format!("import-shard-{k}"),
+            work: Box::pin(import_shard(rx, client.clone(), ack_tx.clone(), progress.clone(), log.clone())),
+        });
     }
-    tasks.spawn(async move {
-        warehouse.read(&read, page_tx).await?;
-        Ok(None)
+    stages.push(Stage {
+        name: "source".into(),
+        work: Box::pin(async move {
+            warehouse.read(&read, page_tx).await?;
+            Ok(None)
+        }),
     });
-    tasks.spawn(diff_stage(page_rx, mapper, shard_txs, ack_tx, progress.clone(), log.clone()));
-    tasks.spawn(checkpoint_stage(ack_rx, sink, progress));
+    stages.push(Stage { name: "diff".into(), work: Box::pin(diff_stage(page_rx, mapper, shard_txs, ack_tx, progress.clone(), log.clone())) });
+    stages.push(Stage { name: "checkpoint".into(), work: Box::pin(checkpoint_stage(ack_rx, sink, progress)) });
+    PipelineStages { stages, log }
+}
 
+/// Runs one attempt to completion, or to the first error (the cursor then stays at the last
+/// commit, and a restart resumes from there). The SyncSupervisor runs the same stages as
+/// supervised actors; this plain form serves tests and one-shot tools.
+pub async fn run_pipeline(input: PipelineInput) -> Result<PipelineReport, PipelineError> {
+    let built = build_stages(input);
+    let mut tasks: JoinSet<Result<Option<Value>, PipelineError>> = JoinSet::new();
+    for stage in built.stages {
+        tasks.spawn(stage.work);
+    }
     let mut committed = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -163,7 +230,7 @@ pub async fn run_pipeline(input: PipelineInput) -> Result<PipelineReport, Pipeli
             }
         }
     }
-    let row_errors = std::mem::take(&mut *log.entries.lock());
+    let row_errors = std::mem::take(&mut *built.log.entries.lock());
     Ok(PipelineReport { committed_cursor: committed, row_errors })
 }
 
