@@ -78,6 +78,10 @@ pub enum WarehouseError {
     Value { column: String, message: String },
     #[error("invalid source configuration: {0}")]
     Config(String),
+    /// The SSH tunnel to the database failed for a reason retrying will not fix (a refused
+    /// key, a host key mismatch, forwarding refused). An unreachable bastion is `Unreachable`.
+    #[error("SSH tunnel: {0}")]
+    Tunnel(String),
     /// The consumer stopped listening (the run was cancelled or restarted).
     #[error("the reader was stopped")]
     Stopped,
@@ -122,6 +126,7 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<ReadSummary, WarehouseError>;
 }
 
+mod open;
 mod paging;
 pub use paging::Pager;
 
@@ -129,3 +134,5 @@ pub use paging::Pager;
 pub mod postgres;
 #[cfg(feature = "warehouse-sqlite")]
 pub mod sqlite;
+
+pub use open::open_warehouse;
