@@ -2,6 +2,10 @@
 //! run history — behind the [`store::StateStore`] trait, with its single-node implementation
 //! ([`embedded::EmbeddedStore`], one file). The etcd store, node leases, coordinator election,
 //! placement, the scheduler and the admin API service come next and build on the same trait.
+//!
+//! Open: `CursorSink::commit` returns a `String`, so a fenced commit and a store outage look the
+//! same to the pipeline; a typed, classified error there would let the supervisor stop at once
+//! on `Fenced` and retry on `Unavailable`.
 
 pub mod embedded;
 pub mod keys;
