@@ -353,8 +353,9 @@ pub struct PostgresOptions {
     pub ssl_mode: SslMode,
     #[serde(default)]
     pub ca_cert: Option<CertSource>,
+    /// Boxed: the tunnel settings are rare and large, and would bloat every `SourceKind`.
     #[serde(default)]
-    pub ssh_tunnel: Option<SshTunnel>,
+    pub ssh_tunnel: Option<Box<SshTunnel>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -27,3 +27,4 @@ pub fn require_tool(name: &str, present: bool) -> bool {
 }
 
 pub mod postgres;
+pub mod sshd;

@@ -9,19 +9,26 @@
 //! Append reads are `WHERE "col" IS NOT NULL AND "col" > CAST($1::text AS <the column's type>)
 //! ORDER BY "col"`: the cursor is bound as text and converted by the server, so any orderable
 //! type works as a cursor and no value is spliced into SQL.
+//!
+//! With `ssh_tunnel` set, each session runs over its own SSH session to the bastion ([`ssh`]):
+//! the tokio-postgres protocol (and TLS inside it) goes over a `direct-tcpip` channel, and the
+//! SSH session is closed when the Postgres session ends.
 
+pub mod ssh;
 pub mod tls;
 pub mod types;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_core::spec::PostgresOptions;
+use ferry_core::spec::{PostgresOptions, SshTunnel};
 use ferry_core::value::{column_index, Column, RowBatch, Value};
 use futures_util::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::{
@@ -58,14 +65,10 @@ impl PostgresWarehouse {
         format!("{}:{}", self.options.host, self.options.port)
     }
 
-    /// Opens a session; its connection task runs until the returned client is dropped.
+    /// Opens a session; its connection task runs until the returned client is dropped (and
+    /// then closes the SSH tunnel, if the session runs through one).
     async fn connect(&self) -> Result<Client, WarehouseError> {
         let o = &self.options;
-        if o.ssh_tunnel.is_some() {
-            return Err(WarehouseError::Config(
-                "SSH tunnels are not supported yet by this build".into(),
-            ));
-        }
         let mut config = tokio_postgres::Config::new();
         config
             .host(&o.host)
@@ -77,36 +80,135 @@ impl PostgresWarehouse {
         if let Some(password) = &o.password {
             config.password(password.expose());
         }
+        let tls = tls::client_config(o.ssl_mode, o.ca_cert.as_ref())?;
+        config.ssl_mode(match tls {
+            None => tokio_postgres::config::SslMode::Disable,
+            Some(_) => tokio_postgres::config::SslMode::Require,
+        });
+        if let Some(spec) = &o.ssh_tunnel {
+            return self.connect_tunnelled(spec, &config, tls).await;
+        }
         let target = self.target();
-        match tls::client_config(o.ssl_mode, o.ca_cert.as_ref())? {
+        match tls {
             None => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 let (client, conn) = config
                     .connect(tokio_postgres::NoTls)
                     .await
                     .map_err(|e| connect_error(e, &target))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "postgres connection ended");
-                    }
-                });
+                drive(conn, None);
                 Ok(client)
             }
             Some(tls) => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 let (client, conn) = config
                     .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
                     .await
                     .map_err(|e| connect_error(e, &target))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "postgres connection ended");
-                    }
-                });
+                drive(conn, None);
                 Ok(client)
             }
         }
     }
+
+    /// A session over a `direct-tcpip` channel through the bastion. TLS (when on) runs inside
+    /// the channel and is checked against the database's own host name, as without a tunnel.
+    async fn connect_tunnelled(
+        &self,
+        spec: &SshTunnel,
+        config: &tokio_postgres::Config,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Client, WarehouseError> {
+        let o = &self.options;
+        let tunnel = ssh::Tunnel::open(spec, self.connect_timeout).await?;
+        let stream = match tunnel.forward(&o.host, o.port).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tunnel.close().await;
+                return Err(e);
+            }
+        };
+        let target = format!(
+            "{} (via SSH bastion {}:{})",
+            self.target(),
+            spec.host,
+            spec.port
+        );
+        // `connect_raw` has no timeout of its own (the tokio-postgres one covers only the TCP
+        // connect, which the tunnel replaced), so the handshake gets the same budget here.
+        let timed_out = || WarehouseError::Unreachable {
+            target: target.clone(),
+            message: format!(
+                "no PostgreSQL handshake within {} s",
+                self.connect_timeout.as_secs()
+            ),
+        };
+        let result = match tls {
+            None => {
+                match tokio::time::timeout(
+                    self.connect_timeout,
+                    config.connect_raw(stream, tokio_postgres::NoTls),
+                )
+                .await
+                {
+                    Err(_) => Err(timed_out()),
+                    Ok(Err(e)) => Err(connect_error(e, &target)),
+                    Ok(Ok((client, conn))) => Ok((client, Box::pin(conn) as BoxedConnection)),
+                }
+            }
+            Some(tls) => {
+                let mut make = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                match MakeTlsConnect::<ssh::TunnelStream>::make_tls_connect(&mut make, &o.host) {
+                    Err(e) => Err(WarehouseError::Tls(format!(
+                        "'{}' is not a valid TLS server name: {e}",
+                        o.host
+                    ))),
+                    Ok(connector) => {
+                        match tokio::time::timeout(
+                            self.connect_timeout,
+                            config.connect_raw(stream, connector),
+                        )
+                        .await
+                        {
+                            Err(_) => Err(timed_out()),
+                            Ok(Err(e)) => Err(connect_error(e, &target)),
+                            Ok(Ok((client, conn))) => {
+                                Ok((client, Box::pin(conn) as BoxedConnection))
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match result {
+            Ok((client, conn)) => {
+                drive(conn, Some(tunnel));
+                Ok(client)
+            }
+            Err(e) => {
+                tunnel.close().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A tokio-postgres connection future, whatever stream and TLS it runs on.
+type BoxedConnection =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+/// Runs a session's connection until its client is dropped or the socket fails, then closes
+/// its tunnel explicitly, so the SSH session ends with the Postgres session that used it.
+fn drive<F>(conn: F, tunnel: Option<ssh::Tunnel>)
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+        if let Some(tunnel) = tunnel {
+            tunnel.close().await;
+        }
+    });
 }
 
 /// The plan for reading `source`: its columns, what to select and how to decode each column.
