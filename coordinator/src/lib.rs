@@ -10,6 +10,7 @@
 pub mod embedded;
 pub mod keys;
 pub mod records;
+pub mod runner;
 pub mod sink;
 pub mod store;
 

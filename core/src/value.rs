@@ -304,8 +304,17 @@ mod serde_tests {
         let values = vec![
             Value::Int(42),
             Value::Decimal("12.500".into()),
-            Value::Timestamp(DateTime::parse_from_rfc3339("2024-05-06T07:08:09.123456Z").unwrap().with_timezone(&Utc)),
-            Value::TimestampNaive(NaiveDate::from_ymd_opt(2024, 1, 2).unwrap().and_hms_micro_opt(3, 4, 5, 6).unwrap()),
+            Value::Timestamp(
+                DateTime::parse_from_rfc3339("2024-05-06T07:08:09.123456Z")
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+            Value::TimestampNaive(
+                NaiveDate::from_ymd_opt(2024, 1, 2)
+                    .unwrap()
+                    .and_hms_micro_opt(3, 4, 5, 6)
+                    .unwrap(),
+            ),
             Value::Text("a".into()),
             Value::Null,
         ];

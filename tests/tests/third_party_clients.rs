@@ -41,12 +41,21 @@ async fn receiver(dir: &std::path::Path) -> ferry_receiver::RunningReceiver {
         lookup_tables: vec![],
         rate_limit: Default::default(),
     }];
-    cfg.service_accounts = vec![ServiceAccountConfig { user: "tp.sa".into(), secret: "tp-secret".into(), projects: None }];
+    cfg.service_accounts = vec![ServiceAccountConfig {
+        user: "tp.sa".into(),
+        secret: "tp-secret".into(),
+        projects: None,
+    }];
     ferry_receiver::start(cfg).await.unwrap()
 }
 
 async fn stored_insert_ids(base: &str, tag: &str) -> Vec<String> {
-    let st: Value = reqwest::get(format!("{base}/ferry/v1/projects/3003/state")).await.unwrap().json().await.unwrap();
+    let st: Value = reqwest::get(format!("{base}/ferry/v1/projects/3003/state"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut ids: Vec<String> = st["events"]
         .as_array()
         .unwrap()
@@ -68,14 +77,22 @@ fn expected_ids(tag: &str) -> Vec<String> {
 fn run(mut cmd: Command) -> Value {
     let out = cmd.output().expect("client starts");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "client failed: {}\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let last = stdout.lines().last().unwrap_or("");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("summary line is not JSON ({e}): {last}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixpanel_utils_imports_everything_exactly_once() {
-    let python_ok = Command::new("python3").args(["-c", "import mixpanel_utils"]).output().is_ok_and(|o| o.status.success());
+    let python_ok = Command::new("python3")
+        .args(["-c", "import mixpanel_utils"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !require_tool("PyPI mixpanel-utils", python_ok) {
         return;
     }
@@ -84,19 +101,38 @@ async fn mixpanel_utils_imports_everything_exactly_once() {
     let file = events_file(dir.path(), "py");
     let mut cmd = Command::new("python3");
     cmd.arg(repo_root().join("tests/clients/mixpanel_utils_import.py"))
-        .args(["--base-url", &rx.base_url(), "--project-id", "3003", "--user", "tp.sa", "--secret", "tp-secret", "--token", "third-party-token"])
+        .args([
+            "--base-url",
+            &rx.base_url(),
+            "--project-id",
+            "3003",
+            "--user",
+            "tp.sa",
+            "--secret",
+            "tp-secret",
+            "--token",
+            "third-party-token",
+        ])
         .arg("--file")
         .arg(&file);
     let summary = tokio::task::spawn_blocking(move || run(cmd)).await.unwrap();
     eprintln!("mixpanel-utils summary: {summary}");
-    assert_eq!(stored_insert_ids(&rx.base_url(), "py").await, expected_ids("py"));
+    assert_eq!(
+        stored_insert_ids(&rx.base_url(), "py").await,
+        expected_ids("py")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixpanel_import_imports_everything_exactly_once() {
     let node_dir = repo_root().join("tests/clients/node");
-    let installed = node_dir.join("node_modules/mixpanel-import/package.json").exists()
-        && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let installed = node_dir
+        .join("node_modules/mixpanel-import/package.json")
+        .exists()
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !require_tool("npm mixpanel-import", installed) {
         return;
     }
@@ -105,12 +141,24 @@ async fn mixpanel_import_imports_everything_exactly_once() {
     let file = events_file(dir.path(), "js");
     let mut cmd = Command::new("node");
     cmd.arg(node_dir.join("mixpanel_import.js"))
-        .args(["--base-url", &rx.base_url(), "--project-id", "3003", "--user", "tp.sa", "--secret", "tp-secret"])
+        .args([
+            "--base-url",
+            &rx.base_url(),
+            "--project-id",
+            "3003",
+            "--user",
+            "tp.sa",
+            "--secret",
+            "tp-secret",
+        ])
         .arg("--file")
         .arg(&file)
         .current_dir(dir.path());
     let summary = tokio::task::spawn_blocking(move || run(cmd)).await.unwrap();
     eprintln!("mixpanel-import summary: {summary}");
     assert_eq!(summary["success"], EVENTS, "{summary}");
-    assert_eq!(stored_insert_ids(&rx.base_url(), "js").await, expected_ids("js"));
+    assert_eq!(
+        stored_insert_ids(&rx.base_url(), "js").await,
+        expected_ids("js")
+    );
 }
