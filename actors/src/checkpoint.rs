@@ -35,7 +35,10 @@ pub struct CheckpointTracker<C> {
 
 impl<C> Default for CheckpointTracker<C> {
     fn default() -> Self {
-        Self { pages: VecDeque::new(), next_seq: 0 }
+        Self {
+            pages: VecDeque::new(),
+            next_seq: 0,
+        }
     }
 }
 
@@ -44,7 +47,11 @@ pub enum TrackerError {
     #[error("page {0} is not open (already committed or never opened)")]
     UnknownPage(PageSeq),
     #[error("page {seq} was acknowledged {finished} records but produced only {expected}")]
-    OverAcknowledged { seq: PageSeq, finished: u64, expected: u64 },
+    OverAcknowledged {
+        seq: PageSeq,
+        finished: u64,
+        expected: u64,
+    },
 }
 
 impl<C> CheckpointTracker<C> {
@@ -56,14 +63,27 @@ impl<C> CheckpointTracker<C> {
     pub fn open_page(&mut self, cursor: Option<C>) -> PageSeq {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pages.push_back(PageState { seq, cursor, expected: None, finished: 0 });
+        self.pages.push_back(PageState {
+            seq,
+            cursor,
+            expected: None,
+            finished: 0,
+        });
         seq
     }
 
     fn page(&mut self, seq: PageSeq) -> Result<&mut PageState<C>, TrackerError> {
-        let front = self.pages.front().map(|p| p.seq).ok_or(TrackerError::UnknownPage(seq))?;
-        let idx = seq.checked_sub(front).ok_or(TrackerError::UnknownPage(seq))? as usize;
-        self.pages.get_mut(idx).ok_or(TrackerError::UnknownPage(seq))
+        let front = self
+            .pages
+            .front()
+            .map(|p| p.seq)
+            .ok_or(TrackerError::UnknownPage(seq))?;
+        let idx = seq
+            .checked_sub(front)
+            .ok_or(TrackerError::UnknownPage(seq))? as usize;
+        self.pages
+            .get_mut(idx)
+            .ok_or(TrackerError::UnknownPage(seq))
     }
 
     /// The page is fully encoded into `records` records (per-row errors count as finished).
@@ -82,9 +102,11 @@ impl<C> CheckpointTracker<C> {
 
     fn check(page: &PageState<C>) -> Result<(), TrackerError> {
         match page.expected {
-            Some(expected) if page.finished > expected => {
-                Err(TrackerError::OverAcknowledged { seq: page.seq, finished: page.finished, expected })
-            }
+            Some(expected) if page.finished > expected => Err(TrackerError::OverAcknowledged {
+                seq: page.seq,
+                finished: page.finished,
+                expected,
+            }),
             _ => Ok(()),
         }
     }
@@ -128,7 +150,11 @@ mod tests {
         t.finish_records(p0, 1).unwrap();
         assert_eq!(t.take_commit(), None);
         t.finish_records(p0, 1).unwrap();
-        assert_eq!(t.take_commit(), Some(30), "all three finished: the newest cursor");
+        assert_eq!(
+            t.take_commit(),
+            Some(30),
+            "all three finished: the newest cursor"
+        );
         assert_eq!(t.pending_pages(), 0);
         assert_eq!(t.take_commit(), None, "nothing new");
     }
@@ -148,10 +174,17 @@ mod tests {
         let mut t: CheckpointTracker<i32> = CheckpointTracker::new();
         let p0 = t.open_page(Some(7));
         t.seal_page(p0, 0).unwrap();
-        assert_eq!(t.take_commit(), Some(7), "a page of only invalid rows still advances");
+        assert_eq!(
+            t.take_commit(),
+            Some(7),
+            "a page of only invalid rows still advances"
+        );
         assert_eq!(t.finish_records(p0, 1), Err(TrackerError::UnknownPage(0)));
         let p1 = t.open_page(None);
         t.seal_page(p1, 1).unwrap();
-        assert!(matches!(t.finish_records(p1, 2), Err(TrackerError::OverAcknowledged { .. })));
+        assert!(matches!(
+            t.finish_records(p1, 2),
+            Err(TrackerError::OverAcknowledged { .. })
+        ));
     }
 }

@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ferry_core::error::{Classify, ErrorClass};
-use futures_util::future::BoxFuture;
-use ferry_connectors::mixpanel::{Batch, BatchBuilder, MixpanelClient, MixpanelError, RecordEndpoint};
+use ferry_connectors::mixpanel::{
+    Batch, BatchBuilder, MixpanelClient, MixpanelError, RecordEndpoint,
+};
 use ferry_connectors::warehouse::{Page, ReadRequest, Warehouse, WarehouseError};
+use ferry_core::error::{Classify, ErrorClass};
 use ferry_core::mapping::{EncodedRecord, RecordKind, RowError, RowMapper, Unset};
 use ferry_core::value::Value;
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -44,7 +46,12 @@ pub struct PipelineSettings {
 
 impl Default for PipelineSettings {
     fn default() -> Self {
-        Self { pages_in_flight: 2, shards: 4, shard_queue: 4096, max_row_errors: 1000 }
+        Self {
+            pages_in_flight: 2,
+            shards: 4,
+            shard_queue: 4096,
+            max_row_errors: 1000,
+        }
     }
 }
 
@@ -179,9 +186,20 @@ impl ErrorLogHandle {
 /// Wires the stages of one attempt: SourceActor's read, the DiffActor's encoding, K
 /// ImportShardActors and the CheckpointTracker, joined by bounded channels.
 pub fn build_stages(input: PipelineInput) -> PipelineStages {
-    let PipelineInput { warehouse, read, mapper, client, sink, progress, settings } = input;
+    let PipelineInput {
+        warehouse,
+        read,
+        mapper,
+        client,
+        sink,
+        progress,
+        settings,
+    } = input;
     let shards = settings.shards.max(1);
-    let log = Arc::new(ErrorLog { max: settings.max_row_errors, entries: Mutex::new(Vec::new()) });
+    let log = Arc::new(ErrorLog {
+        max: settings.max_row_errors,
+        entries: Mutex::new(Vec::new()),
+    });
     let (page_tx, page_rx) = mpsc::channel::<Page>(settings.pages_in_flight.max(1));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
     let mut shard_txs = Vec::with_capacity(shards);
@@ -191,7 +209,13 @@ pub fn build_stages(input: PipelineInput) -> PipelineStages {
         shard_txs.push(tx);
         stages.push(Stage {
             name: format!("import-shard-{k}"),
-            work: Box::pin(import_shard(rx, client.clone(), ack_tx.clone(), progress.clone(), log.clone())),
+            work: Box::pin(import_shard(
+                rx,
+                client.clone(),
+                ack_tx.clone(),
+                progress.clone(),
+                log.clone(),
+            )),
         });
     }
     stages.push(Stage {
@@ -201,8 +225,21 @@ pub fn build_stages(input: PipelineInput) -> PipelineStages {
             Ok(None)
         }),
     });
-    stages.push(Stage { name: "diff".into(), work: Box::pin(diff_stage(page_rx, mapper, shard_txs, ack_tx, progress.clone(), log.clone())) });
-    stages.push(Stage { name: "checkpoint".into(), work: Box::pin(checkpoint_stage(ack_rx, sink, progress)) });
+    stages.push(Stage {
+        name: "diff".into(),
+        work: Box::pin(diff_stage(
+            page_rx,
+            mapper,
+            shard_txs,
+            ack_tx,
+            progress.clone(),
+            log.clone(),
+        )),
+    });
+    stages.push(Stage {
+        name: "checkpoint".into(),
+        work: Box::pin(checkpoint_stage(ack_rx, sink, progress)),
+    });
     PipelineStages { stages, log }
 }
 
@@ -231,7 +268,10 @@ pub async fn run_pipeline(input: PipelineInput) -> Result<PipelineReport, Pipeli
         }
     }
     let row_errors = std::mem::take(&mut *built.log.entries.lock());
-    Ok(PipelineReport { committed_cursor: committed, row_errors })
+    Ok(PipelineReport {
+        committed_cursor: committed,
+        row_errors,
+    })
 }
 
 async fn diff_stage(
@@ -246,18 +286,30 @@ async fn diff_stage(
     let mut row_index: u64 = 0;
     let stopped = || PipelineError::Stage("the checkpoint stage stopped".into());
     while let Some(page) = pages.recv().await {
-        acks.send(Ack::Open(seq, page.complete_through.clone())).map_err(|_| stopped())?;
+        acks.send(Ack::Open(seq, page.complete_through.clone()))
+            .map_err(|_| stopped())?;
         let first_row = row_index;
         row_index += page.batch.rows.len() as u64;
-        progress.rows_read.fetch_add(page.batch.rows.len() as u64, Ordering::Relaxed);
+        progress
+            .rows_read
+            .fetch_add(page.batch.rows.len() as u64, Ordering::Relaxed);
         let mapper = mapper.clone();
         // Encoding is CPU work: keep it off the async worker threads.
-        let (records, errors) = tokio::task::spawn_blocking(move || encode_page(&mapper, first_row, &page))
-            .await
-            .map_err(|e| PipelineError::Stage(format!("encoding: {e}")))?;
-        progress.rows_invalid.fetch_add(errors.len() as u64, Ordering::Relaxed);
+        let (records, errors) =
+            tokio::task::spawn_blocking(move || encode_page(&mapper, first_row, &page))
+                .await
+                .map_err(|e| PipelineError::Stage(format!("encoding: {e}")))?;
+        progress
+            .rows_invalid
+            .fetch_add(errors.len() as u64, Ordering::Relaxed);
         for e in errors {
-            log.push(RunRowError { reason: "invalid_row", row: Some(e.row), key: e.key, field: e.field, message: e.message });
+            log.push(RunRowError {
+                reason: "invalid_row",
+                row: Some(e.row),
+                key: e.key,
+                field: e.field,
+                message: e.message,
+            });
         }
         let count = records.len() as u64;
         for record in records {
@@ -273,12 +325,18 @@ async fn diff_stage(
     Ok(None)
 }
 
-fn encode_page(mapper: &RowMapper, first_row: u64, page: &Page) -> (Vec<EncodedRecord>, Vec<RowError>) {
+fn encode_page(
+    mapper: &RowMapper,
+    first_row: u64,
+    page: &Page,
+) -> (Vec<EncodedRecord>, Vec<RowError>) {
     let now = chrono::Utc::now().timestamp_millis();
     let mut records = Vec::with_capacity(page.batch.rows.len());
     let mut errors = Vec::new();
     for (i, row) in page.batch.rows.iter().enumerate() {
-        if let Err(e) = mapper.encode_upsert(first_row + i as u64, row, Unset::Never, now, &mut records) {
+        if let Err(e) =
+            mapper.encode_upsert(first_row + i as u64, row, Unset::Never, now, &mut records)
+        {
             errors.push(e);
         }
     }
@@ -302,18 +360,26 @@ async fn import_shard(
             Ok(item) => Some(item),
             Err(mpsc::error::TryRecvError::Empty) => {
                 if let Some(batch) = builder.flush() {
-                    send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+                    send(
+                        &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
+                    )
+                    .await?;
                 }
                 input.recv().await
             }
             Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
-        let Some(ShardItem { seq, record }) = item else { break };
+        let Some(ShardItem { seq, record }) = item else {
+            break;
+        };
         let key = record.insert_id.clone();
         // One endpoint per batch: a sync produces one record kind, but check rather than mix.
         if kinds.first().is_some_and(|k| *k != record.kind) {
             if let Some(batch) = builder.flush() {
-                send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+                send(
+                    &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
+                )
+                .await?;
             }
         }
         match builder.push(record.json, key.clone()) {
@@ -327,20 +393,33 @@ async fn import_shard(
                     let mut rest_kinds = kinds.split_off(in_batch);
                     let mut rest_seqs = seqs.split_off(in_batch);
                     debug_assert_eq!(rest_seqs.len(), pending_after);
-                    send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+                    send(
+                        &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
+                    )
+                    .await?;
                     kinds.append(&mut rest_kinds);
                     seqs.append(&mut rest_seqs);
                 }
             }
             Err(e) => {
-                log.push(RunRowError { reason: "invalid_row", row: None, key, field: "record".into(), message: e.to_string() });
+                log.push(RunRowError {
+                    reason: "invalid_row",
+                    row: None,
+                    key,
+                    field: "record".into(),
+                    message: e.to_string(),
+                });
                 progress.rows_invalid.fetch_add(1, Ordering::Relaxed);
-                acks.send(Ack::Finished(seq, 1)).map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
+                acks.send(Ack::Finished(seq, 1))
+                    .map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
             }
         }
     }
     if let Some(batch) = builder.flush() {
-        send(&client, batch, &mut kinds, &mut seqs, &acks, &progress, &log).await?;
+        send(
+            &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
+        )
+        .await?;
     }
     Ok(None)
 }
@@ -366,8 +445,12 @@ async fn send(
     kinds.drain(..n);
     progress.records_sent.fetch_add(n as u64, Ordering::Relaxed);
     let outcome = client.send(endpoint, batch).await?;
-    progress.records_accepted.fetch_add(outcome.accepted as u64, Ordering::Relaxed);
-    progress.records_refused.fetch_add((n - outcome.accepted) as u64, Ordering::Relaxed);
+    progress
+        .records_accepted
+        .fetch_add(outcome.accepted as u64, Ordering::Relaxed);
+    progress
+        .records_refused
+        .fetch_add((n - outcome.accepted) as u64, Ordering::Relaxed);
     for f in &outcome.failed {
         log.push(RunRowError {
             reason: "refused",
@@ -378,7 +461,13 @@ async fn send(
         });
     }
     for extra in &outcome.unattributed_failures {
-        log.push(RunRowError { reason: "refused", row: None, key: None, field: String::new(), message: extra.clone() });
+        log.push(RunRowError {
+            reason: "refused",
+            row: None,
+            key: None,
+            field: String::new(),
+            message: extra.clone(),
+        });
     }
     // Every record of the batch is finished: accepted, or refused and logged.
     let mut per_page: Vec<(PageSeq, u64)> = Vec::new();
@@ -389,7 +478,8 @@ async fn send(
         }
     }
     for (s, count) in per_page {
-        acks.send(Ack::Finished(s, count)).map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
+        acks.send(Ack::Finished(s, count))
+            .map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
     }
     Ok(())
 }
@@ -406,7 +496,9 @@ async fn checkpoint_stage(
             Ack::Open(seq, cursor) => {
                 let opened = tracker.open_page(cursor);
                 if opened != seq {
-                    return Err(PipelineError::Stage(format!("page {seq} opened out of order (expected {opened})")));
+                    return Err(PipelineError::Stage(format!(
+                        "page {seq} opened out of order (expected {opened})"
+                    )));
                 }
             }
             Ack::Seal(seq, n) => tracker.seal_page(seq, n)?,
@@ -419,7 +511,10 @@ async fn checkpoint_stage(
         }
     }
     if tracker.pending_pages() > 0 {
-        return Err(PipelineError::Stage(format!("{} pages were never fully acknowledged", tracker.pending_pages())));
+        return Err(PipelineError::Stage(format!(
+            "{} pages were never fully acknowledged",
+            tracker.pending_pages()
+        )));
     }
     Ok(committed)
 }

@@ -39,7 +39,10 @@ pub struct RestartState {
 
 impl RestartState {
     pub fn new(policy: RestartPolicy) -> Self {
-        Self { policy, failures_in_burst: 0 }
+        Self {
+            policy,
+            failures_in_burst: 0,
+        }
     }
 
     /// Records a failure of a pipeline that had been running for `ran_for`.
@@ -52,7 +55,12 @@ impl RestartState {
             return Decision::GiveUp;
         }
         let factor = 2u32.saturating_pow(self.failures_in_burst - 1);
-        Decision::RestartAfter(self.policy.initial.saturating_mul(factor).min(self.policy.max))
+        Decision::RestartAfter(
+            self.policy
+                .initial
+                .saturating_mul(factor)
+                .min(self.policy.max),
+        )
     }
 
     pub fn failures_in_burst(&self) -> u32 {
@@ -66,16 +74,30 @@ mod tests {
 
     #[test]
     fn doubles_caps_resets_and_gives_up() {
-        let policy = RestartPolicy { max_burst: 12, ..Default::default() };
+        let policy = RestartPolicy {
+            max_burst: 12,
+            ..Default::default()
+        };
         let mut s = RestartState::new(policy);
         let quick = Duration::from_secs(1);
         let delays: Vec<_> = (0..11).map(|_| s.on_failure(quick)).collect();
         assert_eq!(delays[0], Decision::RestartAfter(Duration::from_secs(1)));
         assert_eq!(delays[1], Decision::RestartAfter(Duration::from_secs(2)));
         assert_eq!(delays[9], Decision::RestartAfter(Duration::from_secs(512)));
-        assert_eq!(delays[10], Decision::RestartAfter(Duration::from_secs(600)), "capped at 10 min");
-        assert_eq!(s.on_failure(Duration::from_secs(61)), Decision::RestartAfter(Duration::from_secs(1)), "healthy run resets");
-        let mut s = RestartState::new(RestartPolicy { max_burst: 2, ..Default::default() });
+        assert_eq!(
+            delays[10],
+            Decision::RestartAfter(Duration::from_secs(600)),
+            "capped at 10 min"
+        );
+        assert_eq!(
+            s.on_failure(Duration::from_secs(61)),
+            Decision::RestartAfter(Duration::from_secs(1)),
+            "healthy run resets"
+        );
+        let mut s = RestartState::new(RestartPolicy {
+            max_burst: 2,
+            ..Default::default()
+        });
         s.on_failure(quick);
         s.on_failure(quick);
         assert_eq!(s.on_failure(quick), Decision::GiveUp);

@@ -29,17 +29,34 @@ pub trait AttemptFactory: Send + Sync + 'static {
 /// How a supervised run ended.
 #[derive(Debug)]
 pub enum SupervisedOutcome {
-    Succeeded { committed_cursor: Option<Value>, row_errors: Vec<RunRowError>, attempts: u32 },
-    Failed { error: String, class: ErrorClass, attempts: u32, row_errors: Vec<RunRowError> },
-    Cancelled { attempts: u32 },
+    Succeeded {
+        committed_cursor: Option<Value>,
+        row_errors: Vec<RunRowError>,
+        attempts: u32,
+    },
+    Failed {
+        error: String,
+        class: ErrorClass,
+        attempts: u32,
+        row_errors: Vec<RunRowError>,
+    },
+    Cancelled {
+        attempts: u32,
+    },
 }
 
 pub enum SupervisorMsg {
     StartAttempt,
-    StageDone { attempt: u32, stage: String, result: Result<Option<Value>, (String, ErrorClass)> },
+    StageDone {
+        attempt: u32,
+        stage: String,
+        result: Result<Option<Value>, (String, ErrorClass)>,
+    },
     /// Decide what to do after attempt `attempt` failed (sent shortly after the first failure,
     /// so the root cause can arrive: the first error seen is often a neighbour noticing).
-    Decide { attempt: u32 },
+    Decide {
+        attempt: u32,
+    },
     Cancel,
 }
 
@@ -71,7 +88,10 @@ impl SupervisorState {
     }
 
     fn row_errors(&self) -> Vec<RunRowError> {
-        self.log.as_ref().map(ErrorLogHandle::entries).unwrap_or_default()
+        self.log
+            .as_ref()
+            .map(ErrorLogHandle::entries)
+            .unwrap_or_default()
     }
 
     fn finish(&mut self, myself: &ActorRef<SupervisorMsg>, outcome: SupervisedOutcome) {
@@ -93,7 +113,11 @@ impl Actor for SyncSupervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         myself.send_message(SupervisorMsg::StartAttempt)?;
         Ok(SupervisorState {
             factory: args.factory,
@@ -110,7 +134,12 @@ impl Actor for SyncSupervisor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::StartAttempt => {
                 state.attempt += 1;
@@ -123,8 +152,14 @@ impl Actor for SyncSupervisor {
                         state.log = Some(built.error_log());
                         state.remaining = built.stages.len();
                         for stage in built.stages {
-                            let args = StageArgs { attempt, supervisor: myself.clone(), stage };
-                            let (stage_ref, _) = Actor::spawn_linked(None, StageActor, args, myself.get_cell()).await?;
+                            let args = StageArgs {
+                                attempt,
+                                supervisor: myself.clone(),
+                                stage,
+                            };
+                            let (stage_ref, _) =
+                                Actor::spawn_linked(None, StageActor, args, myself.get_cell())
+                                    .await?;
                             state.stages.push(stage_ref);
                         }
                     }
@@ -136,7 +171,11 @@ impl Actor for SyncSupervisor {
                     }
                 }
             }
-            SupervisorMsg::StageDone { attempt, stage, result } => {
+            SupervisorMsg::StageDone {
+                attempt,
+                stage,
+                result,
+            } => {
                 if attempt != state.attempt {
                     return Ok(()); // a late report from a stopped attempt
                 }
@@ -215,7 +254,12 @@ impl Actor for SyncSupervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         // Not ractor's default (which stops the supervisor): a stage actor that failed outside
         // its work (e.g. a panic while starting) counts as a failure of the current attempt.
         if let SupervisionEvent::ActorFailed(_, err) = event {
@@ -229,7 +273,11 @@ impl Actor for SyncSupervisor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         state.stop_stages();
         Ok(())
     }
@@ -258,8 +306,16 @@ impl Actor for StageActor {
     type State = StageTask;
     type Arguments = StageArgs;
 
-    async fn pre_start(&self, myself: ActorRef<()>, args: StageArgs) -> Result<StageTask, ActorProcessingErr> {
-        let StageArgs { attempt, supervisor, stage } = args;
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: StageArgs,
+    ) -> Result<StageTask, ActorProcessingErr> {
+        let StageArgs {
+            attempt,
+            supervisor,
+            stage,
+        } = args;
         let Stage { name, work } = stage;
         let task = tokio::spawn(async move {
             // A panic inside the work becomes an error report, not a silent hang.
@@ -269,7 +325,11 @@ impl Actor for StageActor {
                 Ok(Err(e)) => Err((e.to_string(), e.class())),
                 Err(_) => Err(("panicked".to_string(), ErrorClass::Retryable)),
             };
-            let _ = supervisor.send_message(SupervisorMsg::StageDone { attempt, stage: name, result });
+            let _ = supervisor.send_message(SupervisorMsg::StageDone {
+                attempt,
+                stage: name,
+                result,
+            });
             myself.stop(None);
         });
         Ok(StageTask(task))

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ferry_actors::pipeline::{build_stages, PipelineError, PipelineInput, PipelineSettings, PipelineStages, RunProgress};
+use ferry_actors::pipeline::{
+    build_stages, PipelineError, PipelineInput, PipelineSettings, PipelineStages, RunProgress,
+};
 use ferry_actors::restart::RestartPolicy;
 use ferry_actors::supervisor::{AttemptFactory, SupervisedOutcome, SupervisorArgs, SyncSupervisor};
 use ferry_connectors::mixpanel::MixpanelClient;
@@ -36,15 +38,24 @@ impl AttemptFactory for Factory {
         let input = PipelineInput {
             warehouse: self.table.clone(),
             read: ReadRequest {
-                source: ReadSource::Table { schema: None, name: "orders".into() },
-                cursor: Some(CursorFilter { column: "batch".into(), after }),
+                source: ReadSource::Table {
+                    schema: None,
+                    name: "orders".into(),
+                },
+                cursor: Some(CursorFilter {
+                    column: "batch".into(),
+                    after,
+                }),
                 page_size: 200,
             },
             mapper: self.mapper.clone(),
             client: self.client.clone(),
             sink: self.sink.clone(),
             progress: self.progress.clone(),
-            settings: PipelineSettings { shards: 2, ..Default::default() },
+            settings: PipelineSettings {
+                shards: 2,
+                ..Default::default()
+            },
         };
         Box::pin(async move { Ok(build_stages(input)) })
     }
@@ -52,9 +63,26 @@ impl AttemptFactory for Factory {
 
 async fn supervise(factory: Arc<Factory>) -> SupervisedOutcome {
     let (done, outcome) = oneshot::channel();
-    let policy = RestartPolicy { initial: Duration::from_millis(20), max: Duration::from_millis(100), ..Default::default() };
-    let (_sup, handle) = Actor::spawn(None, SyncSupervisor, SupervisorArgs { factory, policy, done }).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(30), outcome).await.expect("the run ends").unwrap();
+    let policy = RestartPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (_sup, handle) = Actor::spawn(
+        None,
+        SyncSupervisor,
+        SupervisorArgs {
+            factory,
+            policy,
+            done,
+        },
+    )
+    .await
+    .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), outcome)
+        .await
+        .expect("the run ends")
+        .unwrap();
     handle.await.unwrap();
     outcome
 }
@@ -81,22 +109,47 @@ async fn a_lost_source_connection_restarts_the_pipeline_from_the_last_commit() {
     table.fail_after_pages = 6;
     let f = factory(table, client(&rx.base_url(), "pw"));
     let outcome = supervise(f.clone()).await;
-    let SupervisedOutcome::Succeeded { committed_cursor, attempts, row_errors } = outcome else { panic!("{outcome:?}") };
+    let SupervisedOutcome::Succeeded {
+        committed_cursor,
+        attempts,
+        row_errors,
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(attempts, 3, "two failed reads, then success");
     assert!(row_errors.is_empty());
     assert_eq!(committed_cursor, Some(Value::Int(3_000 / 7)));
     let resumed = f.resumed_from.lock().clone();
     assert_eq!(resumed[0], None);
-    assert!(resumed[1].is_some(), "the second attempt resumed from a committed cursor: {resumed:?}");
-    assert_eq!(receiver_event_count(&rx.base_url()).await, 3_000, "nothing lost, nothing doubled");
+    assert!(
+        resumed[1].is_some(),
+        "the second attempt resumed from a committed cursor: {resumed:?}"
+    );
+    assert_eq!(
+        receiver_event_count(&rx.base_url()).await,
+        3_000,
+        "nothing lost, nothing doubled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_fail_the_run_without_retrying() {
     let rx = receiver(Default::default()).await;
-    let f = factory(MemoryTable::new(500), client(&rx.base_url(), "wrong-secret"));
+    let f = factory(
+        MemoryTable::new(500),
+        client(&rx.base_url(), "wrong-secret"),
+    );
     let outcome = supervise(f.clone()).await;
-    let SupervisedOutcome::Failed { error, class, attempts, .. } = outcome else { panic!("{outcome:?}") };
+    let SupervisedOutcome::Failed {
+        error,
+        class,
+        attempts,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(class, ErrorClass::Fatal);
     assert_eq!(attempts, 1);
     assert!(error.contains("import-shard"), "{error}");

@@ -4,8 +4,23 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const EVENTS: &[&str] = &["Page Viewed", "Signed Up", "Item Added", "Checkout Started", "Purchase", "Search", "Video Played"];
-const PAGES: &[&str] = &["/", "/pricing", "/docs/getting-started", "/blog/warehouse-sync", "/account/settings", "/checkout"];
+const EVENTS: &[&str] = &[
+    "Page Viewed",
+    "Signed Up",
+    "Item Added",
+    "Checkout Started",
+    "Purchase",
+    "Search",
+    "Video Played",
+];
+const PAGES: &[&str] = &[
+    "/",
+    "/pricing",
+    "/docs/getting-started",
+    "/blog/warehouse-sync",
+    "/account/settings",
+    "/checkout",
+];
 const BROWSERS: &[&str] = &["Chrome", "Firefox", "Safari", "Edge"];
 const COUNTRIES: &[&str] = &["US", "DE", "FR", "IN", "BR", "JP", "GB", "NO"];
 const PLANS: &[&str] = &["free", "starter", "growth", "enterprise"];
@@ -18,7 +33,10 @@ pub struct EventGen {
 
 impl EventGen {
     pub fn new(seed: u64) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), next: 0 }
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            next: 0,
+        }
     }
 
     pub fn event(&mut self) -> Value {

@@ -76,8 +76,10 @@ impl ReceiverArgs {
     fn into_config(self) -> anyhow::Result<ReceiverConfig> {
         let mut cfg = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                ReceiverConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                ReceiverConfig::from_toml(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             }
             None => ReceiverConfig::from_toml("").map_err(anyhow::Error::msg)?,
         };
@@ -88,7 +90,11 @@ impl ReceiverArgs {
             cfg.data_dir = Some(d);
         }
         if let Some(s) = self.store.as_deref() {
-            cfg.store = if s == "memory" { StoreMode::Memory } else { StoreMode::Disk };
+            cfg.store = if s == "memory" {
+                StoreMode::Memory
+            } else {
+                StoreMode::Disk
+            };
         }
         for raw in &self.projects {
             let p = parts(raw, "project", 2, 3)?;
@@ -102,24 +108,47 @@ impl ReceiverArgs {
             });
         }
         for raw in &self.service_accounts {
-            let (user, secret) = raw.split_once(':').filter(|(u, s)| !u.is_empty() && !s.is_empty()).with_context(|| {
-                format!("--service-account '{raw}' must be USER:SECRET")
-            })?;
-            cfg.service_accounts.push(ServiceAccountConfig { user: user.into(), secret: secret.into(), projects: None });
+            let (user, secret) = raw
+                .split_once(':')
+                .filter(|(u, s)| !u.is_empty() && !s.is_empty())
+                .with_context(|| format!("--service-account '{raw}' must be USER:SECRET"))?;
+            cfg.service_accounts.push(ServiceAccountConfig {
+                user: user.into(),
+                secret: secret.into(),
+                projects: None,
+            });
         }
         for raw in &self.lookup_tables {
             let p = parts(raw, "lookup-table", 3, 3)?;
-            let project = cfg.projects.iter_mut().find(|x| x.id == p[0]).with_context(|| format!("--lookup-table '{raw}': unknown project '{}'", p[0]))?;
-            project.lookup_tables.push(ferry_receiver::config::LookupTableDecl { id: p[1].clone(), name: p[2].clone() });
+            let project = cfg
+                .projects
+                .iter_mut()
+                .find(|x| x.id == p[0])
+                .with_context(|| format!("--lookup-table '{raw}': unknown project '{}'", p[0]))?;
+            project
+                .lookup_tables
+                .push(ferry_receiver::config::LookupTableDecl {
+                    id: p[1].clone(),
+                    name: p[2].clone(),
+                });
         }
         for raw in &self.rate_limits {
             let p = parts(raw, "rate-limit", 3, 3)?;
             let num = |s: &str| -> anyhow::Result<Option<u64>> {
-                let n: u64 = s.parse().with_context(|| format!("--rate-limit '{raw}': '{s}' is not a number"))?;
+                let n: u64 = s
+                    .parse()
+                    .with_context(|| format!("--rate-limit '{raw}': '{s}' is not a number"))?;
                 Ok((n > 0).then_some(n))
             };
-            let limit = RateLimitConfig { events_per_second: num(&p[1])?, bytes_per_minute: num(&p[2])? };
-            let project = cfg.projects.iter_mut().find(|x| x.id == p[0]).with_context(|| format!("--rate-limit '{raw}': unknown project '{}'", p[0]))?;
+            let limit = RateLimitConfig {
+                events_per_second: num(&p[1])?,
+                bytes_per_minute: num(&p[2])?,
+            };
+            let project = cfg
+                .projects
+                .iter_mut()
+                .find(|x| x.id == p[0])
+                .with_context(|| format!("--rate-limit '{raw}': unknown project '{}'", p[0]))?;
             project.rate_limit = limit;
         }
         let f = &mut cfg.faults;

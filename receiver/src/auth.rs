@@ -25,7 +25,11 @@ pub enum AuthError {
 
 /// Reads `Authorization: Basic ...`, accepting the credentials base64-encoded or plain.
 pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
     let (scheme, rest) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -56,15 +60,28 @@ pub fn authenticate(
         if sa.secret != password {
             return Err(AuthError::Invalid);
         }
-        let pid = project_id.filter(|p| !p.is_empty()).ok_or(AuthError::ProjectIdRequired)?;
+        let pid = project_id
+            .filter(|p| !p.is_empty())
+            .ok_or(AuthError::ProjectIdRequired)?;
         let known = cfg.projects.iter().any(|p| p.id == pid);
-        let allowed = sa.projects.as_ref().is_none_or(|ps| ps.iter().any(|p| p == pid));
-        return if known && allowed { Ok((pid.to_owned(), Credential::ServiceAccount)) } else { Err(AuthError::Invalid) };
+        let allowed = sa
+            .projects
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == pid));
+        return if known && allowed {
+            Ok((pid.to_owned(), Credential::ServiceAccount))
+        } else {
+            Err(AuthError::Invalid)
+        };
     }
     if !password.is_empty() {
         return Err(AuthError::Invalid);
     }
-    let by_token = cfg.projects.iter().find(|p| p.token == user).map(|p| (p, Credential::Token));
+    let by_token = cfg
+        .projects
+        .iter()
+        .find(|p| p.token == user)
+        .map(|p| (p, Credential::Token));
     let by_secret = || {
         cfg.projects
             .iter()
@@ -98,7 +115,11 @@ mod tests {
             lookup_tables: vec![],
             rate_limit: Default::default(),
         });
-        c.service_accounts.push(ServiceAccountConfig { user: "sa".into(), secret: "pw".into(), projects: None });
+        c.service_accounts.push(ServiceAccountConfig {
+            user: "sa".into(),
+            secret: "pw".into(),
+            projects: None,
+        });
         c
     }
 
@@ -109,22 +130,68 @@ mod tests {
     }
 
     fn b64(s: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
     }
 
     #[test]
     fn every_documented_form() {
         let c = cfg();
-        assert_eq!(authenticate(&c, &headers(&b64("sa:pw")), Some("1"), true).unwrap().0, "1");
-        assert_eq!(authenticate(&c, &headers("Basic sa:pw"), Some("1"), true).unwrap().0, "1");
-        assert_eq!(authenticate(&c, &headers(&b64("sa:pw")), None, true), Err(AuthError::ProjectIdRequired));
-        assert_eq!(authenticate(&c, &headers(&b64("sa:bad")), Some("1"), true), Err(AuthError::Invalid));
-        assert_eq!(authenticate(&c, &headers(&b64("sa:pw")), Some("2"), true), Err(AuthError::Invalid));
-        assert_eq!(authenticate(&c, &headers(&b64("tok:")), None, true).unwrap().1, Credential::Token);
-        assert_eq!(authenticate(&c, &headers(&b64("tok:")), Some("1"), true).unwrap().0, "1");
-        assert_eq!(authenticate(&c, &headers(&b64("tok:")), Some("9"), true), Err(AuthError::Invalid));
-        assert_eq!(authenticate(&c, &headers(&b64("tok:")), None, false), Err(AuthError::Invalid));
-        assert_eq!(authenticate(&c, &headers(&b64("sec:")), None, false).unwrap().1, Credential::Secret);
-        assert_eq!(authenticate(&c, &HeaderMap::new(), None, true), Err(AuthError::Missing));
+        assert_eq!(
+            authenticate(&c, &headers(&b64("sa:pw")), Some("1"), true)
+                .unwrap()
+                .0,
+            "1"
+        );
+        assert_eq!(
+            authenticate(&c, &headers("Basic sa:pw"), Some("1"), true)
+                .unwrap()
+                .0,
+            "1"
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("sa:pw")), None, true),
+            Err(AuthError::ProjectIdRequired)
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("sa:bad")), Some("1"), true),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("sa:pw")), Some("2"), true),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("tok:")), None, true)
+                .unwrap()
+                .1,
+            Credential::Token
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("tok:")), Some("1"), true)
+                .unwrap()
+                .0,
+            "1"
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("tok:")), Some("9"), true),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("tok:")), None, false),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            authenticate(&c, &headers(&b64("sec:")), None, false)
+                .unwrap()
+                .1,
+            Credential::Secret
+        );
+        assert_eq!(
+            authenticate(&c, &HeaderMap::new(), None, true),
+            Err(AuthError::Missing)
+        );
     }
 }

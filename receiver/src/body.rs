@@ -33,7 +33,9 @@ pub fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Vec<u8>,
     }
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit + 1));
     let mut decoder = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(|e| BodyError::Invalid(format!("body is not valid gzip: {e}")))?;
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| BodyError::Invalid(format!("body is not valid gzip: {e}")))?;
     if out.len() > limit {
         return Err(BodyError::TooLarge);
     }
@@ -44,7 +46,11 @@ pub fn decode(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Vec<u8>,
 pub type Framed = Result<(Value, usize), FieldError>;
 
 fn content_type(headers: &HeaderMap) -> String {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 /// Splits a JSON-array or NDJSON body into records. A JSON array must parse as a whole; in
@@ -59,10 +65,17 @@ pub fn frame_records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Framed>, Bo
     if first.is_none() {
         return Err(BodyError::Invalid("the request body is empty".into()));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| BodyError::Invalid(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
-    let items: Vec<&RawValue> = serde_json::from_str(text)
-        .map_err(|e| BodyError::Invalid(format!("the request body is not a JSON array of events: {e}")))?;
+    let text = std::str::from_utf8(body).map_err(|e| {
+        BodyError::Invalid(format!(
+            "the request body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+        BodyError::Invalid(format!(
+            "the request body is not a JSON array of events: {e}"
+        ))
+    })?;
     Ok(items.into_iter().map(|raw| parse_one(raw.get())).collect())
 }
 
@@ -71,7 +84,10 @@ fn frame_ndjson(body: &[u8]) -> Vec<Framed> {
         .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
         .map(|line| match std::str::from_utf8(line) {
             Ok(text) => parse_one(text),
-            Err(e) => Err(FieldError::new("event", format!("the line is not valid UTF-8 (at byte {})", e.valid_up_to()))),
+            Err(e) => Err(FieldError::new(
+                "event",
+                format!("the line is not valid UTF-8 (at byte {})", e.valid_up_to()),
+            )),
         })
         .collect()
 }
@@ -94,14 +110,21 @@ pub fn frame_updates(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Framed>, Bo
 }
 
 fn frame_value_list(body: &[u8]) -> Result<Vec<Framed>, BodyError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| BodyError::Invalid(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    let text = std::str::from_utf8(body).map_err(|e| {
+        BodyError::Invalid(format!(
+            "the request body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') {
         return Ok(vec![parse_one(trimmed)]);
     }
-    let items: Vec<&RawValue> = serde_json::from_str(text)
-        .map_err(|e| BodyError::Invalid(format!("the request body is not a JSON array of updates: {e}")))?;
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+        BodyError::Invalid(format!(
+            "the request body is not a JSON array of updates: {e}"
+        ))
+    })?;
     Ok(items.into_iter().map(|raw| parse_one(raw.get())).collect())
 }
 
@@ -111,12 +134,14 @@ fn form_urlencoded_data(body: &[u8]) -> Result<String, BodyError> {
         data: Option<String>,
     }
     let form: Form = serde_urlencoded_lite(body)?;
-    form.data.ok_or_else(|| BodyError::Invalid("the form has no 'data' field".into()))
+    form.data
+        .ok_or_else(|| BodyError::Invalid("the form has no 'data' field".into()))
 }
 
 /// Decodes an urlencoded form through axum's own decoder (no extra dependency).
 fn serde_urlencoded_lite<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
-    let text = std::str::from_utf8(body).map_err(|_| BodyError::Invalid("the form is not valid UTF-8".into()))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| BodyError::Invalid("the form is not valid UTF-8".into()))?;
     let uri: axum::http::Uri = format!("/?{text}")
         .parse()
         .map_err(|_| BodyError::Invalid("the form is not valid urlencoded data".into()))?;
@@ -135,7 +160,8 @@ fn data_field_json(data: &str) -> Result<String, BodyError> {
         .decode(data.trim())
         .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(data.trim()))
         .map_err(|_| BodyError::Invalid("'data' is neither JSON nor base64-encoded JSON".into()))?;
-    String::from_utf8(bytes).map_err(|_| BodyError::Invalid("'data' decodes to invalid UTF-8".into()))
+    String::from_utf8(bytes)
+        .map_err(|_| BodyError::Invalid("'data' decodes to invalid UTF-8".into()))
 }
 
 #[cfg(test)]
@@ -154,25 +180,53 @@ mod tests {
         let recs = frame_records(&h("application/x-ndjson"), body).unwrap();
         assert_eq!(recs.len(), 3);
         assert!(recs[0].is_ok());
-        assert!(recs[1].as_ref().unwrap_err().message.contains("not valid JSON"));
+        assert!(recs[1]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
         assert!(recs[2].as_ref().unwrap_err().message.contains("UTF-8"));
     }
 
     #[test]
     fn arrays_parse_whole() {
-        assert_eq!(frame_records(&h("application/json"), b"[{\"a\":1},{\"b\":2}]").unwrap().len(), 2);
-        assert!(matches!(frame_records(&h("application/json"), b"[{\"a\":1},"), Err(BodyError::Invalid(_))));
-        assert!(matches!(frame_records(&h("application/json"), b"[\"\xff\"]"), Err(BodyError::Invalid(m)) if m.contains("UTF-8")));
+        assert_eq!(
+            frame_records(&h("application/json"), b"[{\"a\":1},{\"b\":2}]")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(matches!(
+            frame_records(&h("application/json"), b"[{\"a\":1},"),
+            Err(BodyError::Invalid(_))
+        ));
+        assert!(
+            matches!(frame_records(&h("application/json"), b"[\"\xff\"]"), Err(BodyError::Invalid(m)) if m.contains("UTF-8"))
+        );
     }
 
     #[test]
     fn forms_carry_json_or_base64() {
-        let json = frame_updates(&h("application/x-www-form-urlencoded"), b"data=%5B%7B%22a%22%3A1%7D%5D").unwrap();
+        let json = frame_updates(
+            &h("application/x-www-form-urlencoded"),
+            b"data=%5B%7B%22a%22%3A1%7D%5D",
+        )
+        .unwrap();
         assert_eq!(json.len(), 1);
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(r#"[{"a":1},{"a":2}]"#);
-        let body = format!("data={}", b64.replace('+', "%2B").replace('=', "%3D").replace('/', "%2F"));
-        assert_eq!(frame_updates(&h("application/x-www-form-urlencoded"), body.as_bytes()).unwrap().len(), 2);
+        let body = format!(
+            "data={}",
+            b64.replace('+', "%2B")
+                .replace('=', "%3D")
+                .replace('/', "%2F")
+        );
+        assert_eq!(
+            frame_updates(&h("application/x-www-form-urlencoded"), body.as_bytes())
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -186,6 +240,9 @@ mod tests {
         headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
         assert_eq!(decode(&headers, &gz, 5000).unwrap().len(), 5000);
         assert_eq!(decode(&headers, &gz, 4999), Err(BodyError::TooLarge));
-        assert!(matches!(decode(&headers, b"nope", 10), Err(BodyError::Invalid(_))));
+        assert!(matches!(
+            decode(&headers, b"nope", 10),
+            Err(BodyError::Invalid(_))
+        ));
     }
 }

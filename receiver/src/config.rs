@@ -158,13 +158,23 @@ impl Default for FaultConfig {
 
 impl FaultConfig {
     pub fn shares(&self) -> [f64; 7] {
-        [self.error_429, self.error_502, self.error_503, self.slow, self.timeout, self.drop, self.drop_after_store]
+        [
+            self.error_429,
+            self.error_502,
+            self.error_503,
+            self.slow,
+            self.timeout,
+            self.drop,
+            self.drop_after_store,
+        ]
     }
 
     pub fn validate(&self) -> Result<(), String> {
         for share in self.shares() {
             if !(0.0..=1.0).contains(&share) {
-                return Err(format!("faults: every share must be between 0 and 1, got {share}"));
+                return Err(format!(
+                    "faults: every share must be between 0 and 1, got {share}"
+                ));
             }
         }
         let total: f64 = self.shares().iter().sum();
@@ -192,15 +202,23 @@ impl ReceiverConfig {
                 return Err(format!("projects[{i}]: id and token must not be empty"));
             }
             if !ids.insert(&p.id) {
-                return Err(format!("projects[{i}]: project id '{}' is declared twice", p.id));
+                return Err(format!(
+                    "projects[{i}]: project id '{}' is declared twice",
+                    p.id
+                ));
             }
             if !tokens.insert(&p.token) {
-                return Err(format!("projects[{i}]: token of project '{}' is used by another project", p.id));
+                return Err(format!(
+                    "projects[{i}]: token of project '{}' is used by another project",
+                    p.id
+                ));
             }
         }
         for (i, sa) in self.service_accounts.iter().enumerate() {
             if sa.user.is_empty() || sa.secret.is_empty() {
-                return Err(format!("service_accounts[{i}]: user and secret must not be empty"));
+                return Err(format!(
+                    "service_accounts[{i}]: user and secret must not be empty"
+                ));
             }
             for pid in sa.projects.iter().flatten() {
                 if !ids.contains(pid) {
@@ -209,7 +227,10 @@ impl ReceiverConfig {
             }
         }
         if self.store == StoreMode::Disk && self.data_dir.is_none() {
-            return Err("store = \"disk\" needs a data directory (--data DIR), or use --store memory".into());
+            return Err(
+                "store = \"disk\" needs a data directory (--data DIR), or use --store memory"
+                    .into(),
+            );
         }
         self.faults.validate()
     }
@@ -226,7 +247,9 @@ mod tests {
         )
         .unwrap();
         ok.validate().unwrap();
-        assert!(ReceiverConfig::from_toml("stor = \"memory\"").unwrap_err().contains("unknown field"));
+        assert!(ReceiverConfig::from_toml("stor = \"memory\"")
+            .unwrap_err()
+            .contains("unknown field"));
         let mut bad = ok.clone();
         bad.faults.error_503 = 0.6;
         assert!(bad.validate().unwrap_err().contains("add up"));

@@ -43,7 +43,9 @@ pub struct FaultInjector {
 impl FaultInjector {
     pub fn new(config: FaultConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
-        Self { state: Mutex::new((config, rng)) }
+        Self {
+            state: Mutex::new((config, rng)),
+        }
     }
 
     /// Replaces the configuration and reseeds, so the sequence of faults restarts.
@@ -94,7 +96,12 @@ struct Window {
 
 impl Window {
     fn new(span: Duration, limit: u64) -> Self {
-        Self { span, limit, taken: VecDeque::new(), total: 0 }
+        Self {
+            span,
+            limit,
+            taken: VecDeque::new(),
+            total: 0,
+        }
     }
 
     fn evict(&mut self, now: Instant) {
@@ -129,23 +136,32 @@ impl RateLimiter {
         let windows = limits
             .into_iter()
             .map(|(project, l)| {
-                let events = l.events_per_second.map(|n| Window::new(Duration::from_secs(1), n));
-                let bytes = l.bytes_per_minute.map(|n| Window::new(Duration::from_secs(60), n));
+                let events = l
+                    .events_per_second
+                    .map(|n| Window::new(Duration::from_secs(1), n));
+                let bytes = l
+                    .bytes_per_minute
+                    .map(|n| Window::new(Duration::from_secs(60), n));
                 (project, (events, bytes))
             })
             .collect();
-        Self { windows: Mutex::new(windows) }
+        Self {
+            windows: Mutex::new(windows),
+        }
     }
 
     /// Takes `events` and `bytes` from the project's budget, or refuses (429) taking nothing.
     pub fn admit(&self, project: &str, events: u64, bytes: u64) -> bool {
         let mut all = self.windows.lock();
-        let Some((ev, by)) = all.get_mut(project) else { return true };
+        let Some((ev, by)) = all.get_mut(project) else {
+            return true;
+        };
         let now = Instant::now();
         for w in [ev.as_mut(), by.as_mut()].into_iter().flatten() {
             w.evict(now);
         }
-        let fits = ev.as_ref().is_none_or(|w| w.fits(events)) && by.as_ref().is_none_or(|w| w.fits(bytes));
+        let fits =
+            ev.as_ref().is_none_or(|w| w.fits(events)) && by.as_ref().is_none_or(|w| w.fits(bytes));
         if fits {
             if let Some(w) = ev.as_mut() {
                 w.take(now, events);
@@ -164,7 +180,12 @@ mod tests {
 
     #[test]
     fn draws_are_seeded_and_follow_the_shares() {
-        let cfg = FaultConfig { seed: 7, error_429: 0.25, drop: 0.25, ..Default::default() };
+        let cfg = FaultConfig {
+            seed: 7,
+            error_429: 0.25,
+            drop: 0.25,
+            ..Default::default()
+        };
         let a = FaultInjector::new(cfg.clone());
         let b = FaultInjector::new(cfg);
         let seq_a: Vec<_> = (0..1000).map(|_| a.draw()).collect();
@@ -174,12 +195,21 @@ mod tests {
         let ndrop = seq_a.iter().filter(|f| **f == Fault::Drop).count();
         assert!((200..300).contains(&n429), "{n429}");
         assert!((200..300).contains(&ndrop), "{ndrop}");
-        assert_eq!(FaultInjector::new(FaultConfig::default()).draw(), Fault::None);
+        assert_eq!(
+            FaultInjector::new(FaultConfig::default()).draw(),
+            Fault::None
+        );
     }
 
     #[test]
     fn rolling_window_refuses_then_recovers() {
-        let rl = RateLimiter::new([("p".to_string(), RateLimitConfig { events_per_second: Some(100), bytes_per_minute: None })]);
+        let rl = RateLimiter::new([(
+            "p".to_string(),
+            RateLimitConfig {
+                events_per_second: Some(100),
+                bytes_per_minute: None,
+            },
+        )]);
         assert!(rl.admit("p", 60, 0));
         assert!(rl.admit("p", 40, 0));
         assert!(!rl.admit("p", 1, 0));

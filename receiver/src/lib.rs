@@ -31,7 +31,10 @@ pub enum ReceiverError {
     #[error("invalid receiver configuration: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open the receiver's store: {0}")]
     Store(#[from] StoreError),
 }
@@ -88,11 +91,28 @@ impl RunningReceiver {
 /// Validates the configuration, opens the store and starts serving.
 pub async fn start(config: ReceiverConfig) -> Result<RunningReceiver, ReceiverError> {
     config.validate().map_err(ReceiverError::Config)?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ReceiverError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ReceiverError::Bind { addr: config.listen, source })?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ReceiverError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ReceiverError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let store = Store::open(config.store, config.data_dir.as_deref(), &config.projects)?;
     let limits = RateLimiter::new(config.projects.iter().map(|p| (p.id.clone(), p.rate_limit)));
-    let app = Arc::new(App { faults: FaultInjector::new(config.faults.clone()), store, stats: Stats::default(), limits, config });
+    let app = Arc::new(App {
+        faults: FaultInjector::new(config.faults.clone()),
+        store,
+        stats: Stats::default(),
+        limits,
+        config,
+    });
     let router = routes::router(app.clone());
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -111,21 +131,33 @@ pub async fn start(config: ReceiverConfig) -> Result<RunningReceiver, ReceiverEr
             let _ = stream.set_nodelay(true);
             let router = router.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let router = router.clone();
-                    async move {
-                        let response = router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e: Infallible| match e {});
-                        if response.extensions().get::<DropConnection>().is_some() {
-                            return Err(DroppedOnPurpose);
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let router = router.clone();
+                        async move {
+                            let response = router
+                                .oneshot(req.map(axum::body::Body::new))
+                                .await
+                                .unwrap_or_else(|e: Infallible| match e {});
+                            if response.extensions().get::<DropConnection>().is_some() {
+                                return Err(DroppedOnPurpose);
+                            }
+                            Ok(response)
                         }
-                        Ok(response)
-                    }
-                });
+                    },
+                );
                 // A service error makes hyper close the connection without answering.
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
     tracing::info!(%addr, store = ?app.config.store, "receiver listening");
-    Ok(RunningReceiver { addr, app, stop, task })
+    Ok(RunningReceiver {
+        addr,
+        app,
+        stop,
+        task,
+    })
 }

@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
-pub const RATE_LIMITED_MESSAGE: &str = "Project exceeded rate limits. Please retry the request with exponential backoff.";
+pub const RATE_LIMITED_MESSAGE: &str =
+    "Project exceeded rate limits. Please retry the request with exponential backoff.";
 
 /// One entry of `failed_records`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -20,7 +21,12 @@ pub struct FailedRecord {
 }
 
 pub fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn status_text(status: StatusCode) -> &'static str {
@@ -37,7 +43,10 @@ fn status_text(status: StatusCode) -> &'static str {
 
 /// `{"code": N, "error": "...", "status": "..."}`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json_reply(status, json!({"code": status.as_u16(), "error": message.into(), "status": status_text(status)}))
+    json_reply(
+        status,
+        json!({"code": status.as_u16(), "error": message.into(), "status": status_text(status)}),
+    )
 }
 
 pub fn unauthorized() -> Response {
@@ -50,14 +59,21 @@ pub fn rate_limited() -> Response {
 
 /// 502 and 503 come from Mixpanel's load balancers, not its API: plain text, no JSON.
 pub fn gateway(status: StatusCode) -> Response {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     (status, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
 /// `/import` outcome: 200 when everything passed, else the strict-mode partial success.
 pub fn import_result(imported: usize, failed: Vec<FailedRecord>) -> Response {
     if failed.is_empty() {
-        return json_reply(StatusCode::OK, json!({"code": 200, "num_records_imported": imported, "status": "OK"}));
+        return json_reply(
+            StatusCode::OK,
+            json!({"code": 200, "num_records_imported": imported, "status": "OK"}),
+        );
     }
     json_reply(
         StatusCode::BAD_REQUEST,

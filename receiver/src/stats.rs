@@ -37,7 +37,13 @@ impl Stats {
     }
 
     pub fn request(&self, project: &str, endpoint: &str, status: u16) {
-        self.update(project, |c| *c.requests.entry(endpoint.to_owned()).or_default().entry(status).or_default() += 1);
+        self.update(project, |c| {
+            *c.requests
+                .entry(endpoint.to_owned())
+                .or_default()
+                .entry(status)
+                .or_default() += 1
+        });
     }
 
     pub fn fault(&self, name: &str) {
@@ -45,7 +51,11 @@ impl Stats {
     }
 
     pub fn project(&self, project: &str) -> Counters {
-        self.projects.lock().get(project).cloned().unwrap_or_default()
+        self.projects
+            .lock()
+            .get(project)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> serde_json::Value {

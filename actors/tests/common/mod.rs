@@ -7,8 +7,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_actors::pipeline::CursorSink;
-use ferry_connectors::mixpanel::{Auth, ClientSettings, DestinationConfig, MixpanelClient, RetryPolicy, Secret};
-use ferry_connectors::warehouse::{Page, ReadRequest, ReadSource, ReadSummary, TableInfo, Warehouse, WarehouseError};
+use ferry_connectors::mixpanel::{
+    Auth, ClientSettings, DestinationConfig, MixpanelClient, RetryPolicy, Secret,
+};
+use ferry_connectors::warehouse::{
+    Page, ReadRequest, ReadSource, ReadSummary, TableInfo, Warehouse, WarehouseError,
+};
 use ferry_core::mapping::{ImportContext, RowMapper};
 use ferry_core::spec::SyncSpec;
 use ferry_core::value::{Column, ColumnKind, RowBatch, Value};
@@ -37,9 +41,22 @@ impl MemoryTable {
             Column::new("batch", ColumnKind::Int),
         ]);
         let rows = (1..=n)
-            .map(|i| vec![Value::Int(i), Value::Text(format!("u{}", i % 13)), Value::Int(1_700_000_000 + i), Value::Int(i / 7)])
+            .map(|i| {
+                vec![
+                    Value::Int(i),
+                    Value::Text(format!("u{}", i % 13)),
+                    Value::Int(1_700_000_000 + i),
+                    Value::Int(i / 7),
+                ]
+            })
             .collect();
-        Self { columns, rows, fail_reads: AtomicUsize::new(0), fail_after_pages: 0, fail_after_commit_in: None }
+        Self {
+            columns,
+            rows,
+            fail_reads: AtomicUsize::new(0),
+            fail_after_pages: 0,
+            fail_after_commit_in: None,
+        }
     }
 }
 
@@ -58,9 +75,16 @@ impl Warehouse for MemoryTable {
         Ok(self.columns.to_vec())
     }
     async fn preview(&self, _: &ReadSource, limit: usize) -> Result<RowBatch, WarehouseError> {
-        Ok(RowBatch::new(self.columns.clone(), self.rows.iter().take(limit).cloned().collect()))
+        Ok(RowBatch::new(
+            self.columns.clone(),
+            self.rows.iter().take(limit).cloned().collect(),
+        ))
     }
-    async fn read(&self, req: &ReadRequest, out: mpsc::Sender<Page>) -> Result<ReadSummary, WarehouseError> {
+    async fn read(
+        &self,
+        req: &ReadRequest,
+        out: mpsc::Sender<Page>,
+    ) -> Result<ReadSummary, WarehouseError> {
         let cursor = req.cursor.as_ref().expect("append read");
         let after = match cursor.after {
             Some(Value::Int(v)) => v,
@@ -70,7 +94,12 @@ impl Warehouse for MemoryTable {
             Value::Int(v) => v,
             _ => unreachable!(),
         };
-        let rows: Vec<_> = self.rows.iter().filter(|r| batch_of(r) > after).cloned().collect();
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .filter(|r| batch_of(r) > after)
+            .cloned()
+            .collect();
         let mut summary = ReadSummary::default();
         let failing = self.fail_reads.load(Ordering::SeqCst) > 0;
         if failing {
@@ -86,16 +115,25 @@ impl Warehouse for MemoryTable {
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     }
                 }
-                return Err(WarehouseError::ConnectionLost("simulated: the server closed the connection".into()));
+                return Err(WarehouseError::ConnectionLost(
+                    "simulated: the server closed the connection".into(),
+                ));
             }
             let last = batch_of(chunk.last().unwrap());
             let next = rows.get((i + 1) * req.page_size).map(batch_of);
-            let complete_through = if next.is_none_or(|n| n > last) { Some(Value::Int(last)) } else { None };
+            let complete_through = if next.is_none_or(|n| n > last) {
+                Some(Value::Int(last))
+            } else {
+                None
+            };
             summary.rows += chunk.len() as u64;
             summary.pages += 1;
-            out.send(Page { batch: RowBatch::new(self.columns.clone(), chunk.to_vec()), complete_through })
-                .await
-                .map_err(|_| WarehouseError::Stopped)?;
+            out.send(Page {
+                batch: RowBatch::new(self.columns.clone(), chunk.to_vec()),
+                complete_through,
+            })
+            .await
+            .map_err(|_| WarehouseError::Stopped)?;
         }
         Ok(summary)
     }
@@ -120,21 +158,42 @@ impl CursorSink for RecordingSink {
     }
 }
 
-
 pub async fn receiver(faults: FaultConfig) -> ferry_receiver::RunningReceiver {
     let mut cfg = ferry_receiver::ReceiverConfig::from_toml("listen = \"127.0.0.1:0\"").unwrap();
     cfg.store = StoreMode::Memory;
-    cfg.projects = vec![ProjectConfig { id: "1".into(), token: "t".into(), secret: None, group_keys: None, lookup_tables: vec![], rate_limit: Default::default() }];
-    cfg.service_accounts = vec![ServiceAccountConfig { user: "sa".into(), secret: "pw".into(), projects: None }];
+    cfg.projects = vec![ProjectConfig {
+        id: "1".into(),
+        token: "t".into(),
+        secret: None,
+        group_keys: None,
+        lookup_tables: vec![],
+        rate_limit: Default::default(),
+    }];
+    cfg.service_accounts = vec![ServiceAccountConfig {
+        user: "sa".into(),
+        secret: "pw".into(),
+        projects: None,
+    }];
     cfg.faults = faults;
     ferry_receiver::start(cfg).await.unwrap()
 }
 
 pub fn client(base_url: &str, secret: &str) -> MixpanelClient {
-    let destination = DestinationConfig::bundled_receiver(base_url, "1", Auth::ServiceAccount { user: "sa".into(), secret: Secret::new(secret) });
+    let destination = DestinationConfig::bundled_receiver(
+        base_url,
+        "1",
+        Auth::ServiceAccount {
+            user: "sa".into(),
+            secret: Secret::new(secret),
+        },
+    );
     let settings = ClientSettings {
         request_timeout: std::time::Duration::from_secs(5),
-        retry: RetryPolicy { initial_delay: std::time::Duration::from_millis(5), max_delay: std::time::Duration::from_millis(50), ..Default::default() },
+        retry: RetryPolicy {
+            initial_delay: std::time::Duration::from_millis(5),
+            max_delay: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
         ..Default::default()
     };
     MixpanelClient::new(destination, settings).unwrap()
@@ -146,11 +205,23 @@ pub fn event_mapper(table: &MemoryTable) -> Arc<RowMapper> {
     )
     .unwrap();
     let valid = spec.validate().unwrap();
-    let ctx = ImportContext { warehouse_type: "memory".into(), table: "orders".into(), import_id: "run-1".into(), import_job_id: None, import_run_id: None, token: None };
+    let ctx = ImportContext {
+        warehouse_type: "memory".into(),
+        table: "orders".into(),
+        import_id: "run-1".into(),
+        import_job_id: None,
+        import_run_id: None,
+        token: None,
+    };
     Arc::new(RowMapper::new(&spec, &valid.mapping, &table.columns, &ctx).unwrap())
 }
 
 pub async fn receiver_event_count(base_url: &str) -> u64 {
-    let state: serde_json::Value = reqwest::get(format!("{base_url}/ferry/v1/projects/1/state")).await.unwrap().json().await.unwrap();
+    let state: serde_json::Value = reqwest::get(format!("{base_url}/ferry/v1/projects/1/state"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     state["event_count"].as_u64().unwrap()
 }

@@ -53,12 +53,23 @@ async fn main() -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
     let batches = Arc::new(batches);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
-    let url = format!("{}/import?strict=1&project_id={}", args.url, args.project_id);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!(
+        "{}/import?strict=1&project_id={}",
+        args.url, args.project_id
+    );
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (next, accepted, batches, client, url) = (next.clone(), accepted.clone(), batches.clone(), client.clone(), url.clone());
+        let (next, accepted, batches, client, url) = (
+            next.clone(),
+            accepted.clone(),
+            batches.clone(),
+            client.clone(),
+            url.clone(),
+        );
         let (user, secret) = (args.user.clone(), args.secret.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -81,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
                 if !status.is_success() {
                     bail!("receiver answered {status}: {body}");
                 }
-                accepted.fetch_add(body["num_records_imported"].as_u64().unwrap_or(0) as usize, Ordering::Relaxed);
+                accepted.fetch_add(
+                    body["num_records_imported"].as_u64().unwrap_or(0) as usize,
+                    Ordering::Relaxed,
+                );
             }
         }));
     }

@@ -20,26 +20,46 @@ use crate::App;
 const ENDPOINT: &str = "export";
 const MAX_LIMIT: usize = 100_000;
 
-pub async fn export(State(app): State<Arc<App>>, Query(params): Query<Params>, headers: HeaderMap) -> Response {
+pub async fn export(
+    State(app): State<Arc<App>>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
     if let Before::Answer(r) = inject(&app).await {
         return finish(&app, UNAUTHENTICATED, ENDPOINT, r, false);
     }
-    let project = match crate::auth::authenticate(&app.config, &headers, params.get("project_id").map(String::as_str), false) {
+    let project = match crate::auth::authenticate(
+        &app.config,
+        &headers,
+        params.get("project_id").map(String::as_str),
+        false,
+    ) {
         Ok((p, _)) => p,
         Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
     };
-    let response = handle(&app, &project, &params, &headers).unwrap_or_else(|m| reply::error(StatusCode::BAD_REQUEST, m));
+    let response = handle(&app, &project, &params, &headers)
+        .unwrap_or_else(|m| reply::error(StatusCode::BAD_REQUEST, m));
     finish(&app, &project, ENDPOINT, response, false)
 }
 
 fn date_param(params: &Params, name: &str) -> Result<NaiveDate, String> {
-    let raw = params.get(name).ok_or_else(|| format!("'{name}' is required (YYYY-MM-DD)"))?;
+    let raw = params
+        .get(name)
+        .ok_or_else(|| format!("'{name}' is required (YYYY-MM-DD)"))?;
     let well_formed = raw.len() == 10 && raw.as_bytes()[4] == b'-' && raw.as_bytes()[7] == b'-';
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok().filter(|_| well_formed).ok_or(())
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .ok()
+        .filter(|_| well_formed)
+        .ok_or(())
         .map_err(|_| format!("'{name}' must be a date as YYYY-MM-DD, got '{raw}'"))
 }
 
-fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Result<Response, String> {
+fn handle(
+    app: &App,
+    project: &str,
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<Response, String> {
     if app.store.mode() == StoreMode::Memory {
         return Err("export needs the disk store: this receiver runs with --store memory and keeps no event contents".into());
     }
@@ -50,7 +70,10 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Res
     }
     let names: Option<Vec<String>> = match params.get("event") {
         None => None,
-        Some(raw) => Some(serde_json::from_str(raw).map_err(|_| "'event' must be a JSON array of event names".to_string())?),
+        Some(raw) => Some(
+            serde_json::from_str(raw)
+                .map_err(|_| "'event' must be a JSON array of event names".to_string())?,
+        ),
     };
     let filter = match params.get("where") {
         None => None,
@@ -59,7 +82,9 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Res
     let limit = match params.get("limit") {
         None => MAX_LIMIT,
         Some(raw) => {
-            let n: usize = raw.parse().map_err(|_| format!("'limit' must be a number, got '{raw}'"))?;
+            let n: usize = raw
+                .parse()
+                .map_err(|_| format!("'limit' must be a number, got '{raw}'"))?;
             if n == 0 || n > MAX_LIMIT {
                 return Err(format!("'limit' must be between 1 and {MAX_LIMIT}"));
             }
@@ -67,8 +92,15 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Res
         }
     };
     let in_ms = flag(params, "time_in_ms");
-    let start_ms = from.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp_millis()).unwrap_or(i64::MIN);
-    let end_ms = to.succ_opt().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc().timestamp_millis()).unwrap_or(i64::MAX);
+    let start_ms = from
+        .and_hms_opt(0, 0, 0)
+        .map(|d| d.and_utc().timestamp_millis())
+        .unwrap_or(i64::MIN);
+    let end_ms = to
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc().timestamp_millis())
+        .unwrap_or(i64::MAX);
 
     let mut selected = app
         .store
@@ -77,7 +109,11 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Res
                 .iter()
                 .filter(|(key, _)| key.time_ms >= start_ms && key.time_ms < end_ms)
                 .filter(|(key, _)| names.as_ref().is_none_or(|n| n.contains(&key.event)))
-                .filter(|(_, stored)| filter.as_ref().is_none_or(|f| f.matches(&stored.event["properties"])))
+                .filter(|(_, stored)| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| f.matches(&stored.event["properties"]))
+                })
                 .map(|(key, stored)| (key.clone(), stored.event.clone(), stored.ingested_ms))
                 .collect::<Vec<_>>()
         })
@@ -88,7 +124,11 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Res
     let mut out = Vec::new();
     for (key, mut event, ingested_ms) in selected {
         if let Some(props) = event.get_mut("properties").and_then(Value::as_object_mut) {
-            let time = if in_ms { Value::from(key.time_ms) } else { Value::from(key.time_ms.div_euclid(1000)) };
+            let time = if in_ms {
+                Value::from(key.time_ms)
+            } else {
+                Value::from(key.time_ms.div_euclid(1000))
+            };
             props.insert("time".into(), time);
             props.insert("mp_processing_time_ms".into(), Value::from(ingested_ms));
         }
@@ -103,9 +143,22 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap) -> Res
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&out).map_err(|e| e.to_string())?;
         let gz = enc.finish().map_err(|e| e.to_string())?;
-        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/x-ndjson"), (header::CONTENT_ENCODING, "gzip")], gz).into_response());
+        return Ok((
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/x-ndjson"),
+                (header::CONTENT_ENCODING, "gzip"),
+            ],
+            gz,
+        )
+            .into_response());
     }
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        out,
+    )
+        .into_response())
 }
 
 /// The supported `where` subset: clauses joined by `and` / `or` (`and` binds tighter), each
@@ -119,8 +172,15 @@ pub struct Filter {
 
 #[derive(Debug, PartialEq)]
 enum Clause {
-    Compare { property: String, op: Op, value: Value },
-    Defined { property: String, negated: bool },
+    Compare {
+        property: String,
+        op: Op,
+        value: Value,
+    },
+    Defined {
+        property: String,
+        negated: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -135,7 +195,9 @@ enum Op {
 
 impl Filter {
     pub fn parse(expr: &str) -> Result<Self, String> {
-        let unsupported = |part: &str| format!("unsupported 'where' clause '{}': the receiver supports properties[\"x\"] == literal (also != > >= < <=) and defined(properties[\"x\"]), joined by and / or", part.trim());
+        let unsupported = |part: &str| {
+            format!("unsupported 'where' clause '{}': the receiver supports properties[\"x\"] == literal (also != > >= < <=) and defined(properties[\"x\"]), joined by and / or", part.trim())
+        };
         let mut any_of = Vec::new();
         for alternative in split_keyword(expr, " or ") {
             let mut all_of = Vec::new();
@@ -148,7 +210,9 @@ impl Filter {
     }
 
     pub fn matches(&self, props: &Value) -> bool {
-        self.any_of.iter().any(|all| all.iter().all(|c| c.matches(props)))
+        self.any_of
+            .iter()
+            .any(|all| all.iter().all(|c| c.matches(props)))
     }
 }
 
@@ -189,19 +253,36 @@ impl Clause {
             Some(rest) => (true, rest.trim()),
             None => (false, text),
         };
-        if let Some(inner) = rest.strip_prefix("defined(").and_then(|r| r.strip_suffix(')')) {
-            return Some(Clause::Defined { property: property_ref(inner)?, negated });
+        if let Some(inner) = rest
+            .strip_prefix("defined(")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            return Some(Clause::Defined {
+                property: property_ref(inner)?,
+                negated,
+            });
         }
         if negated {
             return None;
         }
-        for (token, op) in [("==", Op::Eq), ("!=", Op::Ne), (">=", Op::Ge), ("<=", Op::Le), (">", Op::Gt), ("<", Op::Lt)] {
+        for (token, op) in [
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+        ] {
             if let Some((lhs, rhs)) = rest.split_once(token) {
                 let value: Value = serde_json::from_str(rhs.trim()).ok()?;
                 if value.is_object() || value.is_array() || value.is_null() {
                     return None;
                 }
-                return Some(Clause::Compare { property: property_ref(lhs)?, op, value });
+                return Some(Clause::Compare {
+                    property: property_ref(lhs)?,
+                    op,
+                    value,
+                });
             }
         }
         None
@@ -209,11 +290,22 @@ impl Clause {
 
     fn matches(&self, props: &Value) -> bool {
         match self {
-            Clause::Defined { property, negated } => props.get(property).is_some_and(|v| !v.is_null()) != *negated,
-            Clause::Compare { property, op, value } => {
-                let Some(actual) = props.get(property) else { return *op == Op::Ne };
+            Clause::Defined { property, negated } => {
+                props.get(property).is_some_and(|v| !v.is_null()) != *negated
+            }
+            Clause::Compare {
+                property,
+                op,
+                value,
+            } => {
+                let Some(actual) = props.get(property) else {
+                    return *op == Op::Ne;
+                };
                 let ordering = match (actual, value) {
-                    (Value::Number(a), Value::Number(b)) => a.as_f64().zip(b.as_f64()).and_then(|(a, b)| a.partial_cmp(&b)),
+                    (Value::Number(a), Value::Number(b)) => a
+                        .as_f64()
+                        .zip(b.as_f64())
+                        .and_then(|(a, b)| a.partial_cmp(&b)),
                     (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
                     (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
                     _ => None,
@@ -243,8 +335,12 @@ mod tests {
         assert!(f.matches(&json!({"plan": "pro and more", "n": 3})));
         assert!(!f.matches(&json!({"plan": "pro and more", "n": 2})));
         assert!(f.matches(&json!({"vip": true})));
-        assert!(Filter::parse(r#"not defined(properties["x"])"#).unwrap().matches(&json!({})));
-        assert!(Filter::parse("properties.x == 1").unwrap_err().contains("unsupported"));
+        assert!(Filter::parse(r#"not defined(properties["x"])"#)
+            .unwrap()
+            .matches(&json!({})));
+        assert!(Filter::parse("properties.x == 1")
+            .unwrap_err()
+            .contains("unsupported"));
         assert!(Filter::parse(r#"properties["x"] == [1]"#).is_err());
     }
 }

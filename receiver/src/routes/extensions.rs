@@ -26,38 +26,66 @@ pub async fn health() -> Response {
 /// `POST /ferry/v1/events/delete?project_id=` — deletes events by their dedup key. The body is
 /// shaped like an `/import` body (events with `event`, `time`, `distinct_id`, `$insert_id`);
 /// other properties are ignored. Auth as `/import`.
-pub async fn delete_events(State(app): State<Arc<App>>, Query(params): Query<Params>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn delete_events(
+    State(app): State<Arc<App>>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     const ENDPOINT: &str = "ferry-delete";
-    let project = match crate::auth::authenticate(&app.config, &headers, params.get("project_id").map(String::as_str), true) {
+    let project = match crate::auth::authenticate(
+        &app.config,
+        &headers,
+        params.get("project_id").map(String::as_str),
+        true,
+    ) {
         Ok((p, _)) => p,
         Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
     };
     let response = (|| {
         let raw = decode(&headers, &body, MAX_REQUEST_BYTES).map_err(body_error)?;
         let records = frame_records(&headers, &raw).map_err(body_error)?;
-        check_request(records.len(), raw.len()).map_err(|m| reply::error(StatusCode::PAYLOAD_TOO_LARGE, m))?;
+        check_request(records.len(), raw.len())
+            .map_err(|m| reply::error(StatusCode::PAYLOAD_TOO_LARGE, m))?;
         // Key extraction only: the time window does not apply to deleting what is stored.
-        let rules = EventRules { future_tolerance_ms: i64::MAX / 4, ..app.config.rules.event_rules() };
+        let rules = EventRules {
+            future_tolerance_ms: i64::MAX / 4,
+            ..app.config.rules.event_rules()
+        };
         let mut keys = Vec::new();
         let mut failed = Vec::new();
         for (index, record) in records.into_iter().enumerate() {
             let key = record.and_then(|(mut ev, len)| {
                 if let Some(props) = ev.get_mut("properties").and_then(Value::as_object_mut) {
-                    props.retain(|k, _| matches!(k.as_str(), "time" | "distinct_id" | "$insert_id" | "$user_id" | "$device_id"));
+                    props.retain(|k, _| {
+                        matches!(
+                            k.as_str(),
+                            "time" | "distinct_id" | "$insert_id" | "$user_id" | "$device_id"
+                        )
+                    });
                 }
                 validate_event(&mut ev, len, &rules, now_ms()).map(|ok| ok.key)
             });
             match key {
                 Ok(k) => keys.push(k),
-                Err(e) => failed.push(FailedRecord { index, insert_id: None, distinct_id: None, field: e.field, message: e.message }),
+                Err(e) => failed.push(FailedRecord {
+                    index,
+                    insert_id: None,
+                    distinct_id: None,
+                    field: e.field,
+                    message: e.message,
+                }),
             }
         }
         let requested = keys.len();
-        let deleted = app
-            .store
-            .delete_events(&project, keys)
-            .map_err(|e| reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("could not delete: {e}")))?;
-        app.stats.update(&project, |c| c.events_deleted += deleted as u64);
+        let deleted = app.store.delete_events(&project, keys).map_err(|e| {
+            reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not delete: {e}"),
+            )
+        })?;
+        app.stats
+            .update(&project, |c| c.events_deleted += deleted as u64);
         let mut body = json!({
             "code": if failed.is_empty() { 200 } else { 400 },
             "status": if failed.is_empty() { "OK" } else { "Bad Request" },
@@ -76,7 +104,10 @@ pub async fn delete_events(State(app): State<Arc<App>>, Query(params): Query<Par
 
 fn body_error(e: BodyError) -> Response {
     match e {
-        BodyError::TooLarge => reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request exceeds max limit of {MAX_REQUEST_BYTES} bytes")),
+        BodyError::TooLarge => reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request exceeds max limit of {MAX_REQUEST_BYTES} bytes"),
+        ),
         BodyError::Invalid(m) => reply::error(StatusCode::BAD_REQUEST, m),
     }
 }
@@ -93,7 +124,11 @@ pub struct StateParams {
 }
 
 /// `GET /ferry/v1/projects/{id}/state` — what the project holds now, and its counters.
-pub async fn state(State(app): State<Arc<App>>, Path(id): Path<String>, Query(q): Query<StateParams>) -> Response {
+pub async fn state(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(q): Query<StateParams>,
+) -> Response {
     let with_events = q.events.unwrap_or(true) && app.store.mode() == StoreMode::Disk;
     let body = app.store.read(&id, |data| {
         let mut events: Vec<_> = if with_events { data.events.iter().collect() } else { Vec::new() };
@@ -133,14 +168,20 @@ pub struct NewLookupTable {
 
 /// `POST /ferry/v1/projects/{id}/lookup-tables` — declares a lookup table, standing in for
 /// creating it in Mixpanel's UI. 201 when created, 200 when it already existed.
-pub async fn create_lookup_table(State(app): State<Arc<App>>, Path(project): Path<String>, Json(t): Json<NewLookupTable>) -> Response {
+pub async fn create_lookup_table(
+    State(app): State<Arc<App>>,
+    Path(project): Path<String>,
+    Json(t): Json<NewLookupTable>,
+) -> Response {
     if t.id.trim().is_empty() {
         return reply::error(StatusCode::BAD_REQUEST, "'id' must not be empty");
     }
     match app.store.create_lookup_table(&project, &t.id, &t.name) {
         Ok(true) => reply::json_reply(StatusCode::CREATED, json!({"id": t.id, "name": t.name})),
         Ok(false) => reply::json_reply(StatusCode::OK, json!({"id": t.id, "name": t.name})),
-        Err(crate::store::StoreError::UnknownProject(p)) => reply::error(StatusCode::NOT_FOUND, format!("unknown project '{p}'")),
+        Err(crate::store::StoreError::UnknownProject(p)) => {
+            reply::error(StatusCode::NOT_FOUND, format!("unknown project '{p}'"))
+        }
         Err(e) => reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -153,7 +194,12 @@ pub async fn get_faults(State(app): State<Arc<App>>) -> Response {
 pub async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let config: FaultConfig = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => return reply::error(StatusCode::BAD_REQUEST, format!("invalid fault configuration: {e}")),
+        Err(e) => {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid fault configuration: {e}"),
+            )
+        }
     };
     if let Err(m) = config.validate() {
         return reply::error(StatusCode::BAD_REQUEST, m);

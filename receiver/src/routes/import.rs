@@ -17,12 +17,22 @@ use crate::App;
 
 const ENDPOINT: &str = "import";
 
-pub async fn import(State(app): State<Arc<App>>, Query(params): Query<Params>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn import(
+    State(app): State<Arc<App>>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let drop_after = match inject(&app).await {
         Before::Answer(r) => return finish(&app, UNAUTHENTICATED, ENDPOINT, r, false),
         Before::Proceed { drop_after } => drop_after,
     };
-    let project = match crate::auth::authenticate(&app.config, &headers, params.get("project_id").map(String::as_str), true) {
+    let project = match crate::auth::authenticate(
+        &app.config,
+        &headers,
+        params.get("project_id").map(String::as_str),
+        true,
+    ) {
         Ok((p, _)) => p,
         Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
     };
@@ -34,19 +44,27 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
     let raw = match decode(headers, body, MAX_REQUEST_BYTES) {
         Ok(raw) => raw,
         Err(BodyError::TooLarge) => {
-            return reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request exceeds max limit of {MAX_REQUEST_BYTES} bytes"))
+            return reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request exceeds max limit of {MAX_REQUEST_BYTES} bytes"),
+            )
         }
         Err(BodyError::Invalid(m)) => return reply::error(StatusCode::BAD_REQUEST, m),
     };
     let records = match frame_records(headers, &raw) {
         Ok(r) => r,
-        Err(BodyError::TooLarge) => return reply::error(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
+        Err(BodyError::TooLarge) => {
+            return reply::error(StatusCode::PAYLOAD_TOO_LARGE, "request too large")
+        }
         Err(BodyError::Invalid(m)) => return reply::error(StatusCode::BAD_REQUEST, m),
     };
     if let Err(m) = check_request(records.len(), raw.len()) {
         return reply::error(StatusCode::PAYLOAD_TOO_LARGE, m);
     }
-    if !app.limits.admit(project, records.len() as u64, raw.len() as u64) {
+    if !app
+        .limits
+        .admit(project, records.len() as u64, raw.len() as u64)
+    {
         return reply::rate_limited();
     }
     // Without strict=1 Mixpanel drops invalid events silently; the receiver does the same but
@@ -61,7 +79,13 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
         let (mut event, len) = match record {
             Ok(r) => r,
             Err(e) => {
-                failed.push(FailedRecord { index, insert_id: None, distinct_id: None, field: e.field, message: e.message });
+                failed.push(FailedRecord {
+                    index,
+                    insert_id: None,
+                    distinct_id: None,
+                    field: e.field,
+                    message: e.message,
+                });
                 continue;
             }
         };
@@ -84,7 +108,10 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "receiver could not store events");
-            return reply::error(StatusCode::INTERNAL_SERVER_ERROR, format!("could not store the events: {e}"));
+            return reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not store the events: {e}"),
+            );
         }
     };
     let failed_count = failed.len() as u64;

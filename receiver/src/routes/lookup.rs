@@ -19,16 +19,33 @@ use crate::App;
 
 const ENDPOINT: &str = "lookup-tables";
 
-pub async fn list(State(app): State<Arc<App>>, Query(params): Query<Params>, headers: HeaderMap) -> Response {
-    let project = match crate::auth::authenticate(&app.config, &headers, params.get("project_id").map(String::as_str), false) {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
+    let project = match crate::auth::authenticate(
+        &app.config,
+        &headers,
+        params.get("project_id").map(String::as_str),
+        false,
+    ) {
         Ok((p, _)) => p,
         Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
     };
     let results = app
         .store
-        .read(&project, |d| d.lookup_tables.iter().map(|(id, slot)| json!({"id": id, "name": slot.name})).collect::<Vec<_>>())
+        .read(&project, |d| {
+            d.lookup_tables
+                .iter()
+                .map(|(id, slot)| json!({"id": id, "name": slot.name}))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
-    let response = reply::json_reply(StatusCode::OK, json!({"code": 200, "status": "OK", "results": results}));
+    let response = reply::json_reply(
+        StatusCode::OK,
+        json!({"code": 200, "status": "OK", "results": results}),
+    );
     finish(&app, &project, ENDPOINT, response, false)
 }
 
@@ -43,7 +60,12 @@ pub async fn replace(
         Before::Answer(r) => return finish(&app, UNAUTHENTICATED, ENDPOINT, r, false),
         Before::Proceed { drop_after } => drop_after,
     };
-    let project = match crate::auth::authenticate(&app.config, &headers, params.get("project_id").map(String::as_str), false) {
+    let project = match crate::auth::authenticate(
+        &app.config,
+        &headers,
+        params.get("project_id").map(String::as_str),
+        false,
+    ) {
         Ok((p, _)) => p,
         Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
     };
@@ -52,20 +74,33 @@ pub async fn replace(
 }
 
 fn handle(app: &App, project: &str, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    if app.store.read(project, |d| d.lookup_tables.contains_key(id)) != Some(true) {
-        return reply::error(StatusCode::NOT_FOUND, format!("lookup table '{id}' not found"));
+    if app
+        .store
+        .read(project, |d| d.lookup_tables.contains_key(id))
+        != Some(true)
+    {
+        return reply::error(
+            StatusCode::NOT_FOUND,
+            format!("lookup table '{id}' not found"),
+        );
     }
     let csv = match decode(headers, body, MAX_LOOKUP_BYTES) {
         Ok(csv) => csv,
         Err(BodyError::TooLarge) => {
-            return reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request exceeds max limit of {MAX_LOOKUP_BYTES} bytes"))
+            return reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request exceeds max limit of {MAX_LOOKUP_BYTES} bytes"),
+            )
         }
         Err(BodyError::Invalid(m)) => return reply::error(StatusCode::BAD_REQUEST, m),
     };
     let table = match parse_lookup_csv(&csv) {
         Ok(t) => t,
         Err(LookupError::TooLarge) => {
-            return reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request exceeds max limit of {MAX_LOOKUP_BYTES} bytes"))
+            return reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request exceeds max limit of {MAX_LOOKUP_BYTES} bytes"),
+            )
         }
         Err(LookupError::Header(m)) => return reply::error(StatusCode::BAD_REQUEST, m),
         Err(LookupError::Rows { rows, total }) => {

@@ -10,7 +10,6 @@ mod profiles;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -35,8 +34,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ferry/v1/events/delete", post(extensions::delete_events))
         .route("/ferry/v1/stats", get(extensions::stats))
         .route("/ferry/v1/projects/{id}/state", get(extensions::state))
-        .route("/ferry/v1/projects/{id}/lookup-tables", post(extensions::create_lookup_table))
-        .route("/ferry/v1/faults", get(extensions::get_faults).put(extensions::set_faults))
+        .route(
+            "/ferry/v1/projects/{id}/lookup-tables",
+            post(extensions::create_lookup_table),
+        )
+        .route(
+            "/ferry/v1/faults",
+            get(extensions::get_faults).put(extensions::set_faults),
+        )
         .layer(DefaultBodyLimit::max(MAX_WIRE_BYTES))
         .with_state(app)
 }
@@ -45,7 +50,9 @@ pub fn router(app: Arc<App>) -> Router {
 pub type Params = HashMap<String, String>;
 
 pub fn flag(params: &Params, name: &str) -> bool {
-    params.get(name).is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    params
+        .get(name)
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// What a fault drawn before handling turned into: an early answer, or go on (perhaps late).
@@ -86,8 +93,15 @@ pub fn dropped() -> Response {
 }
 
 /// Finishes a handled request: counts it, and applies a drop-after-store fault.
-pub fn finish(app: &App, project: &str, endpoint: &str, response: Response, drop_after: bool) -> Response {
-    app.stats.request(project, endpoint, response.status().as_u16());
+pub fn finish(
+    app: &App,
+    project: &str,
+    endpoint: &str,
+    response: Response,
+    drop_after: bool,
+) -> Response {
+    app.stats
+        .request(project, endpoint, response.status().as_u16());
     if drop_after {
         return dropped();
     }
@@ -98,15 +112,15 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-
 /// The bucket used for counters of requests that were not authenticated.
 pub const UNAUTHENTICATED: &str = "_unauthenticated";
 
 pub fn auth_failure(e: crate::auth::AuthError) -> Response {
     match e {
-        crate::auth::AuthError::ProjectIdRequired => {
-            reply::error(StatusCode::BAD_REQUEST, "project_id is required when authenticating with a service account")
-        }
+        crate::auth::AuthError::ProjectIdRequired => reply::error(
+            StatusCode::BAD_REQUEST,
+            "project_id is required when authenticating with a service account",
+        ),
         _ => reply::unauthorized(),
     }
 }

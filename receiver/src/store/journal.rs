@@ -11,9 +11,16 @@ use serde::{de::DeserializeOwned, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("journal {path}: entry at byte {offset} is not readable: {message}")]
-    Corrupt { path: PathBuf, offset: u64, message: String },
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        message: String,
+    },
 }
 
 pub struct Journal {
@@ -24,8 +31,16 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating) the journal and returns every intact entry, truncating a torn tail.
     pub fn open<T: DeserializeOwned>(path: &Path) -> Result<(Self, Vec<T>), JournalError> {
-        let io = |source| JournalError::Io { path: path.to_owned(), source };
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(io)?;
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         let mut entries = Vec::new();
         let mut good_len = 0u64;
         {
@@ -40,7 +55,9 @@ impl Journal {
                 let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
                 let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
                 let mut body = vec![0u8; len];
-                if read_full(&mut reader, &mut body).map_err(io)? != len || crc32fast::hash(&body) != crc {
+                if read_full(&mut reader, &mut body).map_err(io)? != len
+                    || crc32fast::hash(&body) != crc
+                {
                     break; // torn or corrupt tail: never acknowledged
                 }
                 let entry = serde_json::from_slice(&body).map_err(|e| JournalError::Corrupt {
@@ -58,21 +75,34 @@ impl Journal {
             file.sync_all().map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
-        Ok((Self { path: path.to_owned(), file }, entries))
+        Ok((
+            Self {
+                path: path.to_owned(),
+                file,
+            },
+            entries,
+        ))
     }
 
     /// Appends entries and makes them durable before returning.
     pub fn append<T: Serialize>(&mut self, entries: &[T]) -> Result<(), JournalError> {
-        let io = |source| JournalError::Io { path: self.path.clone(), source };
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut out = BufWriter::new(&mut self.file);
         for entry in entries {
-            let body = serde_json::to_vec(entry).map_err(|e| JournalError::Io { path: self.path.clone(), source: e.into() })?;
+            let body = serde_json::to_vec(entry).map_err(|e| JournalError::Io {
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
             let len = u32::try_from(body.len()).map_err(|_| JournalError::Io {
                 path: self.path.clone(),
                 source: std::io::Error::other("journal entry larger than 4 GiB"),
             })?;
             out.write_all(&len.to_le_bytes()).map_err(io)?;
-            out.write_all(&crc32fast::hash(&body).to_le_bytes()).map_err(io)?;
+            out.write_all(&crc32fast::hash(&body).to_le_bytes())
+                .map_err(io)?;
             out.write_all(&body).map_err(io)?;
         }
         out.flush().map_err(io)?;
@@ -83,11 +113,22 @@ impl Journal {
     /// Replaces the journal with `entries` (compaction): written to a new file, synced, renamed.
     pub fn rewrite<T: Serialize>(&mut self, entries: &[T]) -> Result<(), JournalError> {
         let tmp = self.path.with_extension("compacting");
-        let io = |source| JournalError::Io { path: tmp.clone(), source };
+        let io = |source| JournalError::Io {
+            path: tmp.clone(),
+            source,
+        };
         let _ = std::fs::remove_file(&tmp);
         {
-            let file = OpenOptions::new().create(true).write(true).truncate(true).open(&tmp).map_err(io)?;
-            let mut fresh = Journal { path: tmp.clone(), file };
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io)?;
+            let mut fresh = Journal {
+                path: tmp.clone(),
+                file,
+            };
             fresh.append(entries)?;
         }
         std::fs::rename(&tmp, &self.path).map_err(io)?;
@@ -96,7 +137,11 @@ impl Journal {
                 let _ = d.sync_all();
             }
         }
-        self.file = OpenOptions::new().read(true).append(true).open(&self.path).map_err(io)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
         Ok(())
     }
 

@@ -13,7 +13,9 @@ use std::path::Path;
 
 use ferry_core::ingest::event::DedupKey;
 use ferry_core::ingest::lookup::LookupTable;
-use ferry_core::ingest::profile::{validate_profile_update, ProfileKind, ProfileTarget, ProfileUpdate};
+use ferry_core::ingest::profile::{
+    validate_profile_update, ProfileKind, ProfileTarget, ProfileUpdate,
+};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -77,13 +79,43 @@ pub struct EventsStored {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Entry {
-    Events { project: String, at_ms: i64, events: Vec<(DedupKey, Value)> },
-    DeleteEvents { project: String, keys: Vec<DedupKey> },
-    Profiles { project: String, kind: ProfileKind, at_ms: i64, updates: Vec<Value> },
-    LookupCreate { project: String, id: String, name: String },
-    LookupReplace { project: String, id: String, at_ms: i64, table: LookupTable },
-    ProfileSnapshot { project: String, kind: ProfileKind, target: ProfileTarget, profile: Profile },
-    LookupSnapshot { project: String, id: String, slot: LookupSlot },
+    Events {
+        project: String,
+        at_ms: i64,
+        events: Vec<(DedupKey, Value)>,
+    },
+    DeleteEvents {
+        project: String,
+        keys: Vec<DedupKey>,
+    },
+    Profiles {
+        project: String,
+        kind: ProfileKind,
+        at_ms: i64,
+        updates: Vec<Value>,
+    },
+    LookupCreate {
+        project: String,
+        id: String,
+        name: String,
+    },
+    LookupReplace {
+        project: String,
+        id: String,
+        at_ms: i64,
+        table: LookupTable,
+    },
+    ProfileSnapshot {
+        project: String,
+        kind: ProfileKind,
+        target: ProfileTarget,
+        profile: Profile,
+    },
+    LookupSnapshot {
+        project: String,
+        id: String,
+        slot: LookupSlot,
+    },
 }
 
 pub struct Store {
@@ -98,13 +130,23 @@ struct Inner {
 
 impl Store {
     /// Opens the store, replaying the journal in `disk` mode.
-    pub fn open(mode: StoreMode, data_dir: Option<&Path>, projects: &[ProjectConfig]) -> Result<Self, StoreError> {
-        let mut inner = Inner { projects: HashMap::new(), journal: None };
+    pub fn open(
+        mode: StoreMode,
+        data_dir: Option<&Path>,
+        projects: &[ProjectConfig],
+    ) -> Result<Self, StoreError> {
+        let mut inner = Inner {
+            projects: HashMap::new(),
+            journal: None,
+        };
         for p in projects {
             inner.projects.insert(p.id.clone(), ProjectData::default());
         }
         if let (StoreMode::Disk, Some(dir)) = (mode, data_dir) {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
             let (journal, entries) = Journal::open::<Entry>(&dir.join("receiver.journal"))?;
             let replayed = entries.len();
             for entry in entries {
@@ -116,10 +158,18 @@ impl Store {
         for p in projects {
             let data = inner.projects.entry(p.id.clone()).or_default();
             for LookupTableDecl { id, name } in &p.lookup_tables {
-                data.lookup_tables.entry(id.clone()).or_insert_with(|| LookupSlot { name: name.clone(), ..Default::default() });
+                data.lookup_tables
+                    .entry(id.clone())
+                    .or_insert_with(|| LookupSlot {
+                        name: name.clone(),
+                        ..Default::default()
+                    });
             }
         }
-        let store = Self { mode, inner: Mutex::new(inner) };
+        let store = Self {
+            mode,
+            inner: Mutex::new(inner),
+        };
         store.compact_if_large()?;
         Ok(store)
     }
@@ -130,20 +180,31 @@ impl Store {
 
     fn compact_if_large(&self) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
-        let Some(size) = inner.journal.as_ref().map(Journal::size) else { return Ok(()) };
+        let Some(size) = inner.journal.as_ref().map(Journal::size) else {
+            return Ok(());
+        };
         if size < COMPACT_AT_BYTES {
             return Ok(());
         }
         let snapshot = inner.snapshot();
         if let Some(journal) = inner.journal.as_mut() {
             journal.rewrite(&snapshot)?;
-            tracing::info!(before_bytes = size, after_bytes = journal.size(), "receiver journal compacted");
+            tracing::info!(
+                before_bytes = size,
+                after_bytes = journal.size(),
+                "receiver journal compacted"
+            );
         }
         Ok(())
     }
 
     /// Stores accepted events: the latest copy of each dedup key wins.
-    pub fn put_events(&self, project: &str, at_ms: i64, events: Vec<(DedupKey, Value)>) -> Result<EventsStored, StoreError> {
+    pub fn put_events(
+        &self,
+        project: &str,
+        at_ms: i64,
+        events: Vec<(DedupKey, Value)>,
+    ) -> Result<EventsStored, StoreError> {
         let mut inner = self.inner.lock();
         if !inner.projects.contains_key(project) {
             return Err(StoreError::UnknownProject(project.into()));
@@ -160,7 +221,11 @@ impl Store {
             }
             return Ok(out);
         }
-        let entry = Entry::Events { project: project.into(), at_ms, events };
+        let entry = Entry::Events {
+            project: project.into(),
+            at_ms,
+            events,
+        };
         inner.journal_append(&entry)?;
         Ok(inner.apply(entry).unwrap_or_default())
     }
@@ -173,9 +238,15 @@ impl Store {
         }
         if self.mode == StoreMode::Memory {
             let data = inner.project(project);
-            return Ok(keys.iter().filter(|k| data.event_keys.remove(&hash_key(k))).count());
+            return Ok(keys
+                .iter()
+                .filter(|k| data.event_keys.remove(&hash_key(k)))
+                .count());
         }
-        let entry = Entry::DeleteEvents { project: project.into(), keys };
+        let entry = Entry::DeleteEvents {
+            project: project.into(),
+            keys,
+        };
         inner.journal_append(&entry)?;
         Ok(inner.apply(entry).map(|o| o.new).unwrap_or(0))
     }
@@ -195,7 +266,12 @@ impl Store {
             return Err(StoreError::UnknownProject(project.into()));
         }
         if self.mode == StoreMode::Disk {
-            inner.journal_append(&Entry::Profiles { project: project.into(), kind, at_ms, updates: raw })?;
+            inner.journal_append(&Entry::Profiles {
+                project: project.into(),
+                kind,
+                at_ms,
+                updates: raw,
+            })?;
         }
         let data = inner.project(project);
         for update in parsed {
@@ -205,7 +281,12 @@ impl Store {
     }
 
     /// Declares a lookup table (stands in for creating it in Mixpanel's UI).
-    pub fn create_lookup_table(&self, project: &str, id: &str, name: &str) -> Result<bool, StoreError> {
+    pub fn create_lookup_table(
+        &self,
+        project: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock();
         if !inner.projects.contains_key(project) {
             return Err(StoreError::UnknownProject(project.into()));
@@ -213,7 +294,11 @@ impl Store {
         if inner.project(project).lookup_tables.contains_key(id) {
             return Ok(false);
         }
-        let entry = Entry::LookupCreate { project: project.into(), id: id.into(), name: name.into() };
+        let entry = Entry::LookupCreate {
+            project: project.into(),
+            id: id.into(),
+            name: name.into(),
+        };
         inner.journal_append(&entry)?;
         inner.apply(entry);
         Ok(true)
@@ -221,13 +306,29 @@ impl Store {
 
     /// Replaces a lookup table's contents, enforcing the replacement rate and the per-project
     /// row limit. `Ok(Err(message))` is a refusal the caller reports (429 or 400).
-    pub fn replace_lookup_table(&self, project: &str, id: &str, at_ms: i64, table: LookupTable) -> Result<Result<(), LookupRefusal>, StoreError> {
-        use ferry_core::ingest::limits::{LOOKUP_ROWS_PER_PROJECT_EXCLUSIVE, MAX_LOOKUP_REPLACEMENTS_PER_DAY};
+    pub fn replace_lookup_table(
+        &self,
+        project: &str,
+        id: &str,
+        at_ms: i64,
+        table: LookupTable,
+    ) -> Result<Result<(), LookupRefusal>, StoreError> {
+        use ferry_core::ingest::limits::{
+            LOOKUP_ROWS_PER_PROJECT_EXCLUSIVE, MAX_LOOKUP_REPLACEMENTS_PER_DAY,
+        };
         let mut inner = self.inner.lock();
-        let data = inner.projects.get(project).ok_or_else(|| StoreError::UnknownProject(project.into()))?;
-        let slot = data.lookup_tables.get(id).ok_or_else(|| StoreError::UnknownLookupTable(id.into()))?;
+        let data = inner
+            .projects
+            .get(project)
+            .ok_or_else(|| StoreError::UnknownProject(project.into()))?;
+        let slot = data
+            .lookup_tables
+            .get(id)
+            .ok_or_else(|| StoreError::UnknownLookupTable(id.into()))?;
         let day_ago = at_ms - 24 * 3600 * 1000;
-        if slot.replaced_at_ms.iter().filter(|t| **t > day_ago).count() >= MAX_LOOKUP_REPLACEMENTS_PER_DAY {
+        if slot.replaced_at_ms.iter().filter(|t| **t > day_ago).count()
+            >= MAX_LOOKUP_REPLACEMENTS_PER_DAY
+        {
             return Ok(Err(LookupRefusal::RateLimited));
         }
         let other_rows: usize = data
@@ -237,9 +338,16 @@ impl Store {
             .map(|(_, s)| s.table.as_ref().map_or(0, |t| t.rows.len()))
             .sum();
         if other_rows + table.rows.len() >= LOOKUP_ROWS_PER_PROJECT_EXCLUSIVE {
-            return Ok(Err(LookupRefusal::TooManyRows(other_rows + table.rows.len())));
+            return Ok(Err(LookupRefusal::TooManyRows(
+                other_rows + table.rows.len(),
+            )));
         }
-        let entry = Entry::LookupReplace { project: project.into(), id: id.into(), at_ms, table };
+        let entry = Entry::LookupReplace {
+            project: project.into(),
+            id: id.into(),
+            at_ms,
+            table,
+        };
         inner.journal_append(&entry)?;
         inner.apply(entry);
         Ok(Ok(()))
@@ -260,7 +368,11 @@ pub enum LookupRefusal {
 
 fn hash_key(key: &DedupKey) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for part in [key.event.as_bytes(), key.distinct_id.as_bytes(), key.insert_id.as_bytes()] {
+    for part in [
+        key.event.as_bytes(),
+        key.distinct_id.as_bytes(),
+        key.insert_id.as_bytes(),
+    ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -280,7 +392,13 @@ impl ProjectData {
                 }
                 (distinct_id.clone(), applied == Applied::Deleted)
             }
-            (ProfileTarget::Group { group_key, group_id }, _) => {
+            (
+                ProfileTarget::Group {
+                    group_key,
+                    group_id,
+                },
+                _,
+            ) => {
                 let key = (group_key.clone(), group_id.clone());
                 let p = self.groups.entry(key.clone()).or_default();
                 let applied = profiles::apply(p, &update.op);
@@ -314,11 +432,21 @@ impl Inner {
     /// Applies one entry (live or replayed). For events returns counts.
     fn apply(&mut self, entry: Entry) -> Option<EventsStored> {
         match entry {
-            Entry::Events { project, at_ms, events } => {
+            Entry::Events {
+                project,
+                at_ms,
+                events,
+            } => {
                 let data = self.project(&project);
                 let mut out = EventsStored::default();
                 for (key, event) in events {
-                    match data.events.insert(key, StoredEvent { event, ingested_ms: at_ms }) {
+                    match data.events.insert(
+                        key,
+                        StoredEvent {
+                            event,
+                            ingested_ms: at_ms,
+                        },
+                    ) {
                         None => out.new += 1,
                         Some(_) => out.replaced += 1,
                     }
@@ -327,10 +455,18 @@ impl Inner {
             }
             Entry::DeleteEvents { project, keys } => {
                 let data = self.project(&project);
-                let new = keys.iter().filter(|k| data.events.remove(*k).is_some()).count();
+                let new = keys
+                    .iter()
+                    .filter(|k| data.events.remove(*k).is_some())
+                    .count();
                 Some(EventsStored { new, replaced: 0 })
             }
-            Entry::Profiles { project, kind, at_ms, updates } => {
+            Entry::Profiles {
+                project,
+                kind,
+                at_ms,
+                updates,
+            } => {
                 let data = self.project(&project);
                 for raw in &updates {
                     // Journaled updates were valid when accepted; validation is deterministic.
@@ -341,10 +477,21 @@ impl Inner {
                 None
             }
             Entry::LookupCreate { project, id, name } => {
-                self.project(&project).lookup_tables.entry(id).or_insert_with(|| LookupSlot { name, ..Default::default() });
+                self.project(&project)
+                    .lookup_tables
+                    .entry(id)
+                    .or_insert_with(|| LookupSlot {
+                        name,
+                        ..Default::default()
+                    });
                 None
             }
-            Entry::LookupReplace { project, id, at_ms, table } => {
+            Entry::LookupReplace {
+                project,
+                id,
+                at_ms,
+                table,
+            } => {
                 let slot = self.project(&project).lookup_tables.entry(id).or_default();
                 slot.table = Some(table);
                 let day_ago = at_ms - 24 * 3600 * 1000;
@@ -352,13 +499,21 @@ impl Inner {
                 slot.replaced_at_ms.push(at_ms);
                 None
             }
-            Entry::ProfileSnapshot { project, kind: _, target, profile } => {
+            Entry::ProfileSnapshot {
+                project,
+                kind: _,
+                target,
+                profile,
+            } => {
                 let data = self.project(&project);
                 match target {
                     ProfileTarget::User { distinct_id } => {
                         data.profiles.insert(distinct_id, profile);
                     }
-                    ProfileTarget::Group { group_key, group_id } => {
+                    ProfileTarget::Group {
+                        group_key,
+                        group_id,
+                    } => {
                         data.groups.insert((group_key, group_id), profile);
                     }
                 }
@@ -377,16 +532,25 @@ impl Inner {
         for (project, data) in &self.projects {
             let mut by_time: BTreeMap<i64, Vec<(DedupKey, Value)>> = BTreeMap::new();
             for (key, stored) in &data.events {
-                by_time.entry(stored.ingested_ms).or_default().push((key.clone(), stored.event.clone()));
+                by_time
+                    .entry(stored.ingested_ms)
+                    .or_default()
+                    .push((key.clone(), stored.event.clone()));
             }
             for (at_ms, events) in by_time {
-                out.push(Entry::Events { project: project.clone(), at_ms, events });
+                out.push(Entry::Events {
+                    project: project.clone(),
+                    at_ms,
+                    events,
+                });
             }
             for (id, profile) in &data.profiles {
                 out.push(Entry::ProfileSnapshot {
                     project: project.clone(),
                     kind: ProfileKind::User,
-                    target: ProfileTarget::User { distinct_id: id.clone() },
+                    target: ProfileTarget::User {
+                        distinct_id: id.clone(),
+                    },
                     profile: profile.clone(),
                 });
             }
@@ -394,12 +558,19 @@ impl Inner {
                 out.push(Entry::ProfileSnapshot {
                     project: project.clone(),
                     kind: ProfileKind::Group,
-                    target: ProfileTarget::Group { group_key: group_key.clone(), group_id: group_id.clone() },
+                    target: ProfileTarget::Group {
+                        group_key: group_key.clone(),
+                        group_id: group_id.clone(),
+                    },
                     profile: profile.clone(),
                 });
             }
             for (id, slot) in &data.lookup_tables {
-                out.push(Entry::LookupSnapshot { project: project.clone(), id: id.clone(), slot: slot.clone() });
+                out.push(Entry::LookupSnapshot {
+                    project: project.clone(),
+                    id: id.clone(),
+                    slot: slot.clone(),
+                });
             }
         }
         out
@@ -423,18 +594,38 @@ mod tests {
     }
 
     fn key(i: i64) -> DedupKey {
-        DedupKey { event: "e".into(), distinct_id: "u".into(), time_ms: i, insert_id: format!("i{i}") }
+        DedupKey {
+            event: "e".into(),
+            distinct_id: "u".into(),
+            time_ms: i,
+            insert_id: format!("i{i}"),
+        }
     }
 
     #[test]
     fn compaction_keeps_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(StoreMode::Disk, Some(dir.path()), &project()).unwrap();
-        store.put_events("p", 5, vec![(key(1), json!({"v": 1})), (key(2), json!({"v": 2}))]).unwrap();
-        store.put_events("p", 6, vec![(key(1), json!({"v": 3}))]).unwrap();
+        store
+            .put_events(
+                "p",
+                5,
+                vec![(key(1), json!({"v": 1})), (key(2), json!({"v": 2}))],
+            )
+            .unwrap();
+        store
+            .put_events("p", 6, vec![(key(1), json!({"v": 3}))])
+            .unwrap();
         store.delete_events("p", vec![key(2)]).unwrap();
         let snapshot = store.inner.lock().snapshot();
-        store.inner.lock().journal.as_mut().unwrap().rewrite(&snapshot).unwrap();
+        store
+            .inner
+            .lock()
+            .journal
+            .as_mut()
+            .unwrap()
+            .rewrite(&snapshot)
+            .unwrap();
         drop(store);
         let store = Store::open(StoreMode::Disk, Some(dir.path()), &project()).unwrap();
         let events = store.read("p", |d| d.events.clone()).unwrap();

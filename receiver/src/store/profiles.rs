@@ -78,13 +78,17 @@ fn add_numbers(current: f64, delta: &Value) -> Value {
     if sum.fract() == 0.0 && sum.abs() < 9.0e15 {
         Value::from(sum as i64)
     } else {
-        serde_json::Number::from_f64(sum).map(Value::Number).unwrap_or(Value::Null)
+        serde_json::Number::from_f64(sum)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
     }
 }
 
 /// The list stored under `key`, replacing a non-list value (as Mixpanel does for list ops).
 fn list_slot<'a>(props: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let slot = props.entry(key.to_owned()).or_insert_with(|| Value::Array(Vec::new()));
+    let slot = props
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()));
     if !slot.is_array() {
         *slot = Value::Array(Vec::new());
     }
@@ -113,7 +117,10 @@ mod tests {
         apply(&mut p, &ProfileOp::Append(obj(json!({"l": "x"}))));
         apply(&mut p, &ProfileOp::Remove(obj(json!({"l": "y"}))));
         apply(&mut p, &ProfileOp::Unset(vec!["b".into()]));
-        assert_eq!(Value::Object(p.properties.clone()), json!({"a": 5, "n": 1.5, "l": ["x", "x"]}));
+        assert_eq!(
+            Value::Object(p.properties.clone()),
+            json!({"a": 5, "n": 1.5, "l": ["x", "x"]})
+        );
         assert_eq!(apply(&mut p, &ProfileOp::Delete), Applied::Deleted);
     }
 }

@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use ferry_receiver::config::{LookupTableDecl, ProjectConfig, RateLimitConfig, ServiceAccountConfig, StoreMode};
+use ferry_receiver::config::{
+    LookupTableDecl, ProjectConfig, RateLimitConfig, ServiceAccountConfig, StoreMode,
+};
 use ferry_receiver::{ReceiverConfig, RunningReceiver};
 use serde_json::{json, Value};
 
@@ -26,7 +28,10 @@ pub fn config(store: StoreMode, dir: Option<&Path>) -> ReceiverConfig {
             token: TOKEN.into(),
             secret: Some(SECRET.into()),
             group_keys: Some(vec!["company_id".into()]),
-            lookup_tables: vec![LookupTableDecl { id: "lt-1".into(), name: "Plans".into() }],
+            lookup_tables: vec![LookupTableDecl {
+                id: "lt-1".into(),
+                name: "Plans".into(),
+            }],
             rate_limit: RateLimitConfig::default(),
         },
         ProjectConfig {
@@ -38,7 +43,11 @@ pub fn config(store: StoreMode, dir: Option<&Path>) -> ReceiverConfig {
             rate_limit: RateLimitConfig::default(),
         },
     ];
-    cfg.service_accounts = vec![ServiceAccountConfig { user: SA_USER.into(), secret: SA_SECRET.into(), projects: None }];
+    cfg.service_accounts = vec![ServiceAccountConfig {
+        user: SA_USER.into(),
+        secret: SA_SECRET.into(),
+        projects: None,
+    }];
     cfg
 }
 
@@ -62,12 +71,16 @@ pub async fn start_disk() -> Disk {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// A valid event at a fixed, recent-enough time.
 pub fn event(name: &str, distinct_id: &str, insert_id: &str, extra: Value) -> Value {
-    let mut props = json!({"time": 1_700_000_000_000i64, "distinct_id": distinct_id, "$insert_id": insert_id});
+    let mut props =
+        json!({"time": 1_700_000_000_000i64, "distinct_id": distinct_id, "$insert_id": insert_id});
     if let Value::Object(m) = extra {
         for (k, v) in m {
             props[k] = v;
@@ -84,7 +97,10 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// POSTs to `/import` with the service account; returns (status, body as JSON).
 pub async fn import(base: &str, body: Vec<u8>, content_type: &str, strict: bool) -> (u16, Value) {
-    let url = format!("{base}/import?project_id={PROJECT}&strict={}", if strict { 1 } else { 0 });
+    let url = format!(
+        "{base}/import?project_id={PROJECT}&strict={}",
+        if strict { 1 } else { 0 }
+    );
     let resp = client()
         .post(url)
         .basic_auth(SA_USER, Some(SA_SECRET))
@@ -98,11 +114,24 @@ pub async fn import(base: &str, body: Vec<u8>, content_type: &str, strict: bool)
 }
 
 pub async fn import_events(base: &str, events: &[Value]) -> (u16, Value) {
-    import(base, serde_json::to_vec(events).unwrap(), "application/json", true).await
+    import(
+        base,
+        serde_json::to_vec(events).unwrap(),
+        "application/json",
+        true,
+    )
+    .await
 }
 
 pub async fn state(base: &str, project: &str) -> Value {
-    client().get(format!("{base}/ferry/v1/projects/{project}/state")).send().await.unwrap().json().await.unwrap()
+    client()
+        .get(format!("{base}/ferry/v1/projects/{project}/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 pub async fn engage(base: &str, path: &str, updates: &Value, query: &str) -> (u16, String) {
