@@ -1,6 +1,10 @@
 //! The `ferry` binary: one executable for every role.
 
+mod config;
+mod node_cmd;
+mod quickstart;
 mod receiver_cmd;
+mod runs;
 
 use clap::{Parser, Subcommand};
 
@@ -20,13 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Demo everything on this machine: a SQLite warehouse, a receiver, an embedded node, one
+    /// sync of each table type. Under a minute; leaves its data in a folder.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Run a node: the syncs of a config file, with an embedded state store.
+    Node(node_cmd::NodeArgs),
     /// Run a local Mixpanel-compatible ingestion and export server (for dry runs and tests).
     Receiver(receiver_cmd::ReceiverArgs),
 }
 
-fn init_logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+fn init_logging(format: &str, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| default_level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -39,7 +48,13 @@ fn init_logging(format: &str) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // The quickstart talks to people through its own output; keep the logs to warnings.
+    let level = if matches!(cli.command, Command::Quickstart(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(&cli.log_format, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,6 +67,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Quickstart(args) => quickstart::run(args).await,
+            Command::Node(args) => node_cmd::run(args).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
         }
     });

@@ -1,0 +1,98 @@
+//! `ferry node`: one node with its embedded state store, running the syncs of its config file
+//! on their schedules (or each once, with `--once`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use indicatif::MultiProgress;
+
+use crate::config::NodeConfig;
+use crate::runs::{embedded_runner, failed, print_errors, run_with_progress, summary};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The node's TOML configuration (tenants, sources, syncs, node settings).
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: PathBuf,
+    /// Directory of the embedded state store (default: node.data_dir, else ./ferry-data).
+    #[arg(long = "data", env = "FERRY_DATA")]
+    data: Option<PathBuf>,
+    /// Run every sync once, in file order, and exit (non-zero if any run failed).
+    #[arg(long)]
+    once: bool,
+    /// With --once: run only these syncs (by id). Repeatable.
+    #[arg(long = "sync")]
+    only: Vec<String>,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(&args.config)?;
+    let mut jobs = cfg.jobs(&args.config)?;
+    if !args.only.is_empty() {
+        for id in &args.only {
+            if !jobs.iter().any(|j| &j.sync.id == id) {
+                bail!("--sync {id}: no such sync in {}", args.config.display());
+            }
+        }
+        jobs.retain(|j| args.only.contains(&j.sync.id));
+    }
+    let data_dir = args
+        .data
+        .or(cfg.node.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("ferry-data"));
+    let runner = embedded_runner(&cfg.node, &data_dir).await?;
+    tracing::info!(node = %cfg.node.id, data = %data_dir.display(), syncs = jobs.len(), "ferry node started (embedded state store)");
+
+    if args.once {
+        let bars = MultiProgress::new();
+        let mut any_failed = false;
+        for job in &jobs {
+            let run = run_with_progress(&runner, job, &bars).await?;
+            print_errors(&run, 10);
+            any_failed |= failed(&run);
+        }
+        if any_failed {
+            bail!("at least one run failed (see above)");
+        }
+        return Ok(());
+    }
+
+    let scheduled: Vec<_> = jobs.into_iter().filter(|j| j.every.is_some()).collect();
+    if scheduled.is_empty() {
+        bail!(
+            "no sync in {} has a schedule; give one (e.g. schedule = \"hourly\") or use --once",
+            args.config.display()
+        );
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for job in scheduled {
+        let runner = Arc::clone(&runner);
+        tasks.spawn(async move {
+            let every = job.every.unwrap_or(Duration::from_secs(3600));
+            // A tick missed while a run was still going is run once when it ends, not N times.
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match runner
+                    .run(&job.tenant, &job.source, &job.sync, Default::default())
+                    .await
+                {
+                    Ok(run) => {
+                        tracing::info!(sync = %job.sync.id, run = %run.run_id, "{}", summary(&run))
+                    }
+                    Err(e) => tracing::error!(sync = %job.sync.id, error = %e, "sync not run"),
+                }
+            }
+        });
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+        _ = tasks.join_next() => tracing::error!("a scheduler task ended unexpectedly"),
+    }
+    tasks.abort_all();
+    Ok(())
+}
