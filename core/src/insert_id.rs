@@ -3,7 +3,7 @@
 //! Mixpanel deduplicates events on (event, distinct id, time, `$insert_id`), so a re-sent or
 //! updated row must get the same id on every run, on every node. The id is the MD5 of the sync
 //! id and either the row's key values or (without a key) the whole row's checksum, printed as 32
-//! lower-case hex digits: within `[A-Za-z0-9-]{1,36}`, never one of Mixpanel's placeholder
+//! lower-case hex digits: within `[A-Za-z0-9-]{1,36}`, never one of Mixpanel's refused stand-in
 //! values. No process-local state (random seeds, `std` hasher) is involved.
 //!
 //! Without a key, any change to a row changes its id: an update then arrives as a new event, and

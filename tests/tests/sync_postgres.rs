@@ -175,7 +175,7 @@ async fn append_events_arrive_exactly_and_the_next_run_sends_only_new_rows() {
     let Some(w) = world("").await else { return };
     w.pg.sql(ORDERS).unwrap();
     insert_orders(&w.pg, 1, 1200);
-    // A row Mixpanel would refuse: a placeholder distinct id. It must be reported, not block.
+    // A row Mixpanel would refuse: a stand-in distinct id ("undefined"). It must be reported, not block.
     w.pg.sql("INSERT INTO orders VALUES (5000, 'undefined', now() - interval '1 day', 1, 'x', '{}', timestamptz '2024-06-01 00:00:00+00' + 1200.5 * interval '1 second');").unwrap();
 
     let spec = orders_sync("append");

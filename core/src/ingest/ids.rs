@@ -24,8 +24,8 @@ pub const INVALID_IDS: &[&str] = &[
     "lmy47d",
 ];
 
-/// True when `id` is one of the placeholder values that Mixpanel refuses.
-pub fn is_placeholder_id(id: &str) -> bool {
+/// True when `id` is one of the stand-in values (null, undefined, 0, …) that Mixpanel refuses as an id.
+pub fn is_refused_id_value(id: &str) -> bool {
     let trimmed = id.trim();
     INVALID_IDS
         .iter()
@@ -37,9 +37,9 @@ pub fn check_identity(id: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err("must be a non-empty string".into());
     }
-    if is_placeholder_id(id) {
+    if is_refused_id_value(id) {
         return Err(format!(
-            "'{id}' is not a valid identifier (it is on Mixpanel's list of placeholder values)"
+            "'{id}' is not a valid identifier (Mixpanel refuses it as an id value)"
         ));
     }
     if id.chars().count() > super::limits::MAX_STRING_CHARS {
@@ -51,7 +51,7 @@ pub fn check_identity(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks `$insert_id`: at most 36 bytes of `[A-Za-z0-9-]`, and not a placeholder.
+/// Checks `$insert_id`: at most 36 bytes of `[A-Za-z0-9-]`, and not a refused stand-in value.
 pub fn check_insert_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("must not be empty".into());
@@ -68,9 +68,9 @@ pub fn check_insert_id(id: &str) -> Result<(), String> {
     {
         return Err(format!("may contain only [A-Za-z0-9-], found {bad:?}"));
     }
-    if is_placeholder_id(id) {
+    if is_refused_id_value(id) {
         return Err(format!(
-            "'{id}' is not a valid identifier (it is on Mixpanel's list of placeholder values)"
+            "'{id}' is not a valid identifier (Mixpanel refuses it as an id value)"
         ));
     }
     Ok(())
@@ -81,7 +81,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_are_refused_whatever_their_case() {
+    fn stand_in_values_are_refused_whatever_their_case() {
         for bad in [
             "NULL",
             "Undefined",
@@ -90,7 +90,7 @@ mod tests {
             "-1",
             "{}",
         ] {
-            assert!(is_placeholder_id(bad), "{bad}");
+            assert!(is_refused_id_value(bad), "{bad}");
             assert!(check_identity(bad).is_err(), "{bad}");
         }
         assert!(check_identity("user-1").is_ok());

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
 use serde_json::Value;
 
-use super::{auth_failure, finish, flag, inject, Before, Params, UNAUTHENTICATED};
+use super::{authenticated, finish, flag, inject, Before, Params, UNAUTHENTICATED};
 use crate::config::StoreMode;
 use crate::reply;
 use crate::App;
@@ -28,14 +28,9 @@ pub async fn export(
     if let Before::Answer(r) = inject(&app).await {
         return finish(&app, UNAUTHENTICATED, ENDPOINT, r, false);
     }
-    let project = match crate::auth::authenticate(
-        &app.config,
-        &headers,
-        params.get("project_id").map(String::as_str),
-        false,
-    ) {
-        Ok((p, _)) => p,
-        Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
+    let project = match authenticated(&app, ENDPOINT, &params, &headers, false) {
+        Ok(project) => project,
+        Err(answer) => return answer,
     };
     let response = handle(&app, &project, &params, &headers)
         .unwrap_or_else(|m| reply::error(StatusCode::BAD_REQUEST, m));

@@ -13,7 +13,7 @@ use ferry_core::ingest::limits::{check_request, MAX_REQUEST_BYTES};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{auth_failure, finish, now_ms, Params, UNAUTHENTICATED};
+use super::{authenticated, finish, now_ms, Params};
 use crate::body::{decode, frame_records, BodyError};
 use crate::config::{FaultConfig, StoreMode};
 use crate::reply::{self, FailedRecord};
@@ -33,14 +33,9 @@ pub async fn delete_events(
     body: Bytes,
 ) -> Response {
     const ENDPOINT: &str = "ferry-delete";
-    let project = match crate::auth::authenticate(
-        &app.config,
-        &headers,
-        params.get("project_id").map(String::as_str),
-        true,
-    ) {
-        Ok((p, _)) => p,
-        Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
+    let project = match authenticated(&app, ENDPOINT, &params, &headers, true) {
+        Ok(project) => project,
+        Err(answer) => return answer,
     };
     let response = (|| {
         let raw = decode(&headers, &body, MAX_REQUEST_BYTES).map_err(body_error)?;

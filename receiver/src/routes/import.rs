@@ -10,7 +10,7 @@ use ferry_core::ingest::event::{insert_id_of, validate_event, DedupKey};
 use ferry_core::ingest::limits::{check_request, MAX_REQUEST_BYTES};
 use serde_json::Value;
 
-use super::{auth_failure, finish, flag, inject, now_ms, Before, Params, UNAUTHENTICATED};
+use super::{admit, finish, flag, now_ms, Params};
 use crate::body::{decode, frame_records, BodyError};
 use crate::reply::{self, FailedRecord};
 use crate::App;
@@ -23,18 +23,9 @@ pub async fn import(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let drop_after = match inject(&app).await {
-        Before::Answer(r) => return finish(&app, UNAUTHENTICATED, ENDPOINT, r, false),
-        Before::Proceed { drop_after } => drop_after,
-    };
-    let project = match crate::auth::authenticate(
-        &app.config,
-        &headers,
-        params.get("project_id").map(String::as_str),
-        true,
-    ) {
-        Ok((p, _)) => p,
-        Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
+    let (project, drop_after) = match admit(&app, ENDPOINT, &params, &headers, true).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
     };
     let response = handle(&app, &project, &params, &headers, &body);
     finish(&app, &project, ENDPOINT, response, drop_after)

@@ -11,7 +11,7 @@ use ferry_core::ingest::limits::{LOOKUP_ROWS_PER_PROJECT_EXCLUSIVE, MAX_LOOKUP_B
 use ferry_core::ingest::lookup::{parse_lookup_csv, LookupError};
 use serde_json::json;
 
-use super::{auth_failure, finish, inject, now_ms, Before, Params, UNAUTHENTICATED};
+use super::{admit, authenticated, finish, now_ms, Params};
 use crate::body::{decode, BodyError};
 use crate::reply;
 use crate::store::{LookupRefusal, StoreError};
@@ -24,14 +24,9 @@ pub async fn list(
     Query(params): Query<Params>,
     headers: HeaderMap,
 ) -> Response {
-    let project = match crate::auth::authenticate(
-        &app.config,
-        &headers,
-        params.get("project_id").map(String::as_str),
-        false,
-    ) {
-        Ok((p, _)) => p,
-        Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
+    let project = match authenticated(&app, ENDPOINT, &params, &headers, false) {
+        Ok(project) => project,
+        Err(answer) => return answer,
     };
     let results = app
         .store
@@ -56,18 +51,9 @@ pub async fn replace(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let drop_after = match inject(&app).await {
-        Before::Answer(r) => return finish(&app, UNAUTHENTICATED, ENDPOINT, r, false),
-        Before::Proceed { drop_after } => drop_after,
-    };
-    let project = match crate::auth::authenticate(
-        &app.config,
-        &headers,
-        params.get("project_id").map(String::as_str),
-        false,
-    ) {
-        Ok((p, _)) => p,
-        Err(e) => return finish(&app, UNAUTHENTICATED, ENDPOINT, auth_failure(e), false),
+    let (project, drop_after) = match admit(&app, ENDPOINT, &params, &headers, false).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
     };
     let response = handle(&app, &project, &id, &headers, &body);
     finish(&app, &project, ENDPOINT, response, drop_after)

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -123,4 +123,41 @@ pub fn auth_failure(e: crate::auth::AuthError) -> Response {
         ),
         _ => reply::unauthorized(),
     }
+}
+
+/// Authenticates a request (see [`crate::auth::authenticate`]); `Err` is the counted answer.
+pub fn authenticated(
+    app: &App,
+    endpoint: &str,
+    params: &Params,
+    headers: &HeaderMap,
+    allow_token: bool,
+) -> Result<String, Response> {
+    crate::auth::authenticate(
+        &app.config,
+        headers,
+        params.get("project_id").map(String::as_str),
+        allow_token,
+    )
+    .map(|(project, _)| project)
+    .map_err(|e| finish(app, UNAUTHENTICATED, endpoint, auth_failure(e), false))
+}
+
+/// The common start of a faultable endpoint: the fault draw, then authentication. `Ok` gives the
+/// project and whether the connection is to be dropped after storing; `Err` is the answer.
+pub async fn admit(
+    app: &App,
+    endpoint: &str,
+    params: &Params,
+    headers: &HeaderMap,
+    allow_token: bool,
+) -> Result<(String, bool), Response> {
+    let drop_after = match inject(app).await {
+        Before::Answer(r) => return Err(finish(app, UNAUTHENTICATED, endpoint, r, false)),
+        Before::Proceed { drop_after } => drop_after,
+    };
+    Ok((
+        authenticated(app, endpoint, params, headers, allow_token)?,
+        drop_after,
+    ))
 }
