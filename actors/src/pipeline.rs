@@ -162,11 +162,6 @@ pub struct PipelineStages {
 }
 
 impl PipelineStages {
-    /// The per-row errors logged so far (bounded by `max_row_errors`).
-    pub fn row_errors(&self) -> Vec<RunRowError> {
-        self.log.entries.lock().clone()
-    }
-
     /// A handle that reads the error log after the stages were handed out.
     pub fn error_log(&self) -> ErrorLogHandle {
         ErrorLogHandle(self.log.clone())
@@ -351,7 +346,9 @@ async fn import_shard(
     log: Arc<ErrorLog>,
 ) -> Result<Option<Value>, PipelineError> {
     let mut builder = BatchBuilder::new();
-    let mut kinds: Vec<RecordKind> = Vec::new();
+    // Every record waiting in the builder has this kind (a change of kind flushes first), and
+    // `seqs` holds their pages, in order.
+    let mut kind: Option<RecordKind> = None;
     let mut seqs: Vec<PageSeq> = Vec::new();
     loop {
         // Wait for a record; when none is queued right now, send what is pending instead of
@@ -360,10 +357,7 @@ async fn import_shard(
             Ok(item) => Some(item),
             Err(mpsc::error::TryRecvError::Empty) => {
                 if let Some(batch) = builder.flush() {
-                    send(
-                        &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
-                    )
-                    .await?;
+                    send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
                 }
                 input.recv().await
             }
@@ -374,31 +368,19 @@ async fn import_shard(
         };
         let key = record.insert_id.clone();
         // One endpoint per batch: a sync produces one record kind, but check rather than mix.
-        if kinds.first().is_some_and(|k| *k != record.kind) {
+        if kind.is_some_and(|k| k != record.kind) {
             if let Some(batch) = builder.flush() {
-                send(
-                    &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
-                )
-                .await?;
+                send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
             }
         }
         match builder.push(record.json, key.clone()) {
             Ok(complete) => {
-                // The pushed record is either in `complete` (it filled it) or pending.
-                let pending_after = builder.pending_records();
-                kinds.push(record.kind);
+                // The pushed record is either in `complete` (it filled it) or pending; `send`
+                // takes the batch's pages from the front of `seqs`.
+                kind = Some(record.kind);
                 seqs.push(seq);
                 if let Some(batch) = complete {
-                    let in_batch = batch.len();
-                    let mut rest_kinds = kinds.split_off(in_batch);
-                    let mut rest_seqs = seqs.split_off(in_batch);
-                    debug_assert_eq!(rest_seqs.len(), pending_after);
-                    send(
-                        &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
-                    )
-                    .await?;
-                    kinds.append(&mut rest_kinds);
-                    seqs.append(&mut rest_seqs);
+                    send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
                 }
             }
             Err(e) => {
@@ -416,33 +398,29 @@ async fn import_shard(
         }
     }
     if let Some(batch) = builder.flush() {
-        send(
-            &client, batch, &mut kinds, &mut seqs, &acks, &progress, &log,
-        )
-        .await?;
+        send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
     }
     Ok(None)
 }
 
-/// Sends one batch whose records' kinds and pages are the first `batch.len()` entries of
-/// `kinds` / `seqs` (removed here), and reports every record as finished.
+/// Sends one batch of records of `kind` whose pages are the first `batch.len()` entries of
+/// `seqs` (removed here), and reports every record as finished.
 async fn send(
     client: &MixpanelClient,
     batch: Batch,
-    kinds: &mut Vec<RecordKind>,
+    kind: Option<RecordKind>,
     seqs: &mut Vec<PageSeq>,
     acks: &mpsc::UnboundedSender<Ack>,
     progress: &RunProgress,
     log: &ErrorLog,
 ) -> Result<(), PipelineError> {
     let n = batch.len();
-    let endpoint = match kinds.first() {
+    let endpoint = match kind {
         Some(RecordKind::UserProfile) => RecordEndpoint::Engage,
         Some(RecordKind::GroupProfile) => RecordEndpoint::Groups,
         _ => RecordEndpoint::Import,
     };
     let batch_seqs: Vec<PageSeq> = seqs.drain(..n).collect();
-    kinds.drain(..n);
     progress.records_sent.fetch_add(n as u64, Ordering::Relaxed);
     let outcome = client.send(endpoint, batch).await?;
     progress

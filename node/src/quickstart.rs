@@ -82,8 +82,12 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     }
 
     println!("4/4  what arrived in project {PROJECT}:");
-    let state: Json =
-        reqwest_get_json(&format!("{base_url}/ferry/v1/projects/{PROJECT}/state")).await?;
+    let state: Json = reqwest::get(format!("{base_url}/ferry/v1/projects/{PROJECT}/state"))
+        .await
+        .context("reading what the receiver stored")?
+        .json()
+        .await
+        .context("the receiver's state is JSON")?;
     let count = |v: &Json| {
         v.as_array()
             .map(Vec::len)
@@ -110,28 +114,6 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         anyhow::bail!("a quickstart sync failed (see above)");
     }
     Ok(())
-}
-
-async fn reqwest_get_json(url: &str) -> anyhow::Result<Json> {
-    // The receiver's inspection endpoint, read with a plain HTTP/1.1 request over loopback.
-    let (host, path) = url
-        .trim_start_matches("http://")
-        .split_once('/')
-        .context("receiver URL")?;
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .context("connecting to the receiver")?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(
-            format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (_, body) = text.split_once("\r\n\r\n").context("receiver answer")?;
-    serde_json::from_str(body).context("receiver state is JSON")
 }
 
 fn indent(text: &str, n: usize) -> String {

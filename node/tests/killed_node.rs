@@ -1,17 +1,16 @@
 //! A `ferry node` killed with SIGKILL in the middle of a run: the next run resumes from the last
 //! committed cursor (it does not start over) and the destination ends up exact.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
+
+use common::{ferry, spawn_receiver};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const ROWS: u64 = 120_000;
-
-fn ferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-}
 
 fn event_count(url: &str) -> u64 {
     let state: Value =
@@ -37,27 +36,16 @@ fn a_killed_node_resumes_from_its_last_commit_and_the_destination_ends_exact() {
         .unwrap()
         .success());
 
-    let mut rx = ferry()
-        .args([
-            "receiver",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory",
-            "--project",
-            "1:tok",
-            "--service-account",
-            "sa:pw",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(rx.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (mut rx, url) = spawn_receiver([
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+        "--project",
+        "1:tok",
+        "--service-account",
+        "sa:pw",
+    ]);
     let config = dir.path().join("ferry.toml");
     std::fs::write(
         &config,

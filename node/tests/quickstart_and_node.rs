@@ -1,14 +1,13 @@
 //! `ferry quickstart` end to end, then `ferry receiver` + `ferry node --once` on the files it
 //! leaves behind: the commands people run first.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
+use common::{ferry, spawn_receiver};
 
 use serde_json::Value;
-
-fn ferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-}
 
 #[test]
 fn quickstart_syncs_every_table_type_and_its_files_run_again_with_node() {
@@ -48,19 +47,10 @@ fn quickstart_syncs_every_table_type_and_its_files_run_again_with_node() {
         .unwrap()
         .replace("127.0.0.1:8787", "127.0.0.1:0");
     std::fs::write(qs.join("receiver.toml"), receiver_toml).unwrap();
-    let mut rx = ferry()
-        .arg("receiver")
-        .arg("--config")
-        .arg(qs.join("receiver.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(rx.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (mut rx, url) = spawn_receiver([
+        std::ffi::OsString::from("--config"),
+        qs.join("receiver.toml").into(),
+    ]);
     let node_toml = std::fs::read_to_string(qs.join("ferry.toml"))
         .unwrap()
         .replace("http://127.0.0.1:8787", &url);

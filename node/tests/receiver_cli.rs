@@ -1,30 +1,14 @@
 //! The `ferry receiver` command as people run it: flags, the printed address, durability across
 //! a `kill -9`, and clear errors for bad flags.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 
 use serde_json::{json, Value};
 
-fn spawn(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("receiver")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ferry starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("one line");
-    let url = line
-        .trim()
-        .strip_prefix("ferry receiver listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
-    (child, url)
+fn spawn(args: &[&str]) -> (std::process::Child, String) {
+    common::spawn_receiver(args)
 }
 
 #[test]

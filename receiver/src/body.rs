@@ -133,21 +133,10 @@ fn form_urlencoded_data(body: &[u8]) -> Result<String, BodyError> {
     struct Form {
         data: Option<String>,
     }
-    let form: Form = serde_urlencoded_lite(body)?;
+    let form: Form = serde_urlencoded::from_bytes(body)
+        .map_err(|e| BodyError::Invalid(format!("the form is not valid: {e}")))?;
     form.data
         .ok_or_else(|| BodyError::Invalid("the form has no 'data' field".into()))
-}
-
-/// Decodes an urlencoded form through axum's own decoder (no extra dependency).
-fn serde_urlencoded_lite<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| BodyError::Invalid("the form is not valid UTF-8".into()))?;
-    let uri: axum::http::Uri = format!("/?{text}")
-        .parse()
-        .map_err(|_| BodyError::Invalid("the form is not valid urlencoded data".into()))?;
-    axum::extract::Query::<T>::try_from_uri(&uri)
-        .map(|q| q.0)
-        .map_err(|e| BodyError::Invalid(format!("the form is not valid: {e}")))
 }
 
 fn data_field_json(data: &str) -> Result<String, BodyError> {

@@ -275,7 +275,7 @@ impl Store {
         }
         let data = inner.project(project);
         for update in parsed {
-            data.apply_profile_update(kind, update, at_ms);
+            data.apply_profile_update(update, at_ms);
         }
         Ok(())
     }
@@ -381,38 +381,39 @@ fn hash_key(key: &DedupKey) -> u128 {
 }
 
 impl ProjectData {
-    fn apply_profile_update(&mut self, kind: ProfileKind, update: &ProfileUpdate, at_ms: i64) {
-        let slot_key = update.target.clone();
-        let (profile_slot, deleted) = match (&slot_key, kind) {
-            (ProfileTarget::User { distinct_id }, _) => {
-                let p = self.profiles.entry(distinct_id.clone()).or_default();
-                let applied = profiles::apply(p, &update.op);
-                if !update.ignore_time && applied == Applied::Kept {
-                    p.last_seen_ms = Some(update.time_ms.unwrap_or(at_ms));
-                }
-                (distinct_id.clone(), applied == Applied::Deleted)
+    fn apply_profile_update(&mut self, update: &ProfileUpdate, at_ms: i64) {
+        match &update.target {
+            ProfileTarget::User { distinct_id } => {
+                apply_to_slot(&mut self.profiles, distinct_id.clone(), update, at_ms)
             }
-            (
-                ProfileTarget::Group {
-                    group_key,
-                    group_id,
-                },
-                _,
-            ) => {
-                let key = (group_key.clone(), group_id.clone());
-                let p = self.groups.entry(key.clone()).or_default();
-                let applied = profiles::apply(p, &update.op);
-                if !update.ignore_time && applied == Applied::Kept {
-                    p.last_seen_ms = Some(update.time_ms.unwrap_or(at_ms));
-                }
-                if applied == Applied::Deleted {
-                    self.groups.remove(&key);
-                }
-                (String::new(), false)
-            }
-        };
-        if deleted {
-            self.profiles.remove(&profile_slot);
+            ProfileTarget::Group {
+                group_key,
+                group_id,
+            } => apply_to_slot(
+                &mut self.groups,
+                (group_key.clone(), group_id.clone()),
+                update,
+                at_ms,
+            ),
+        }
+    }
+}
+
+/// Applies one update to the profile under `key` (created empty), removing it on `$delete`.
+fn apply_to_slot<K: Ord + Clone>(
+    profiles: &mut BTreeMap<K, Profile>,
+    key: K,
+    update: &ProfileUpdate,
+    at_ms: i64,
+) {
+    let profile = profiles.entry(key.clone()).or_default();
+    match profiles::apply(profile, &update.op) {
+        Applied::Kept if !update.ignore_time => {
+            profile.last_seen_ms = Some(update.time_ms.unwrap_or(at_ms))
+        }
+        Applied::Kept => {}
+        Applied::Deleted => {
+            profiles.remove(&key);
         }
     }
 }
@@ -471,7 +472,7 @@ impl Inner {
                 for raw in &updates {
                     // Journaled updates were valid when accepted; validation is deterministic.
                     if let Ok(u) = validate_profile_update(raw, 0, kind) {
-                        data.apply_profile_update(kind, &u, at_ms);
+                        data.apply_profile_update(&u, at_ms);
                     }
                 }
                 None
