@@ -26,5 +26,6 @@ pub fn require_tool(name: &str, present: bool) -> bool {
     false
 }
 
+pub mod etcd;
 pub mod postgres;
 pub mod sshd;
