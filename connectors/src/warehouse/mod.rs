@@ -126,6 +126,7 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<ReadSummary, WarehouseError>;
 }
 
+pub mod mirror;
 mod open;
 mod paging;
 pub use paging::Pager;

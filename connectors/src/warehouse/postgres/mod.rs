@@ -14,6 +14,7 @@
 //! the tokio-postgres protocol (and TLS inside it) goes over a `direct-tcpip` channel, and the
 //! SSH session is closed when the Postgres session ends.
 
+pub mod mirror;
 pub mod ssh;
 pub mod tls;
 pub mod types;
