@@ -1,5 +1,7 @@
 //! Shared pieces of Ferry's benchmarks: realistic synthetic events.
 
+pub mod rows;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
