@@ -7,6 +7,7 @@ pub mod error;
 pub mod ingest;
 pub mod insert_id;
 pub mod mapping;
+pub mod schedule;
 pub mod spec;
 pub mod value;
 

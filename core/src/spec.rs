@@ -12,6 +12,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::schedule::{Schedule, ScheduleError};
+
 /// A credential. Printing it, with `{}` or `{:?}`, shows `***`; only [`Secret::expose`] gives
 /// the value, so it can't reach a log by accident. It is deliberately not `Serialize`: the state
 /// store encrypts what it stores through `expose`.
@@ -202,6 +204,9 @@ pub struct TenantSpec {
     /// profiles with project-token auth, where it is the auth token itself.
     #[serde(default)]
     pub project_token: Option<Secret>,
+    /// Called when any of the tenant's runs fails or its volume deviates (see [`WebhookSpec`]).
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
 }
 
 impl TenantSpec {
@@ -247,6 +252,9 @@ impl TenantSpec {
                 check_not_blank(&mut p, "tenant.auth.project_token", token.expose())
             }
         }
+        if let Some(webhook) = &self.webhook {
+            webhook.check(&mut p, "tenant.webhook");
+        }
         p.finish(())
     }
 
@@ -255,6 +263,91 @@ impl TenantSpec {
         match (&self.project_token, &self.auth) {
             (Some(token), _) | (None, Auth::ProjectToken(token)) => Some(token.expose()),
             (None, Auth::ServiceAccount { .. }) => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notifications
+
+/// A webhook Ferry `POST`s JSON to when a run fails, or when a run's volume (records sent)
+/// deviates from the median of the recent successful runs by more than
+/// `volume_deviation_percent`. With a secret, each request carries
+/// `X-Ferry-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// Notify on failed runs (default true).
+    #[serde(default = "default_true")]
+    pub on_failure: bool,
+    /// Notify when a run's volume is more than this many percent above or below the median of
+    /// the recent successful runs (50: ±50%). None: no volume notifications.
+    #[serde(default)]
+    pub volume_deviation_percent: Option<u32>,
+    /// How many recent successful runs the median is taken over (default 5).
+    #[serde(default = "default_volume_window")]
+    pub volume_window: u32,
+    /// No volume notification before this many successful runs exist (default 3).
+    #[serde(default = "default_volume_min_runs")]
+    pub volume_min_runs: u32,
+}
+
+fn default_volume_window() -> u32 {
+    5
+}
+
+fn default_volume_min_runs() -> u32 {
+    3
+}
+
+impl WebhookSpec {
+    fn check(&self, p: &mut Problems, field: &str) {
+        let url = self.url.trim();
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        let host = rest.map_or("", |r| r.split(['/', '?', '#']).next().unwrap_or(""));
+        if host.is_empty() || host.starts_with(':') || url.contains(char::is_whitespace) {
+            p.add(
+                format!("{field}.url"),
+                format!("'{url}' is not an http(s) URL (e.g. https://hooks.example.com/ferry)"),
+            );
+        }
+        if let Some(secret) = &self.secret {
+            check_not_blank(p, &format!("{field}.secret"), secret.expose());
+        }
+        if let Some(pct) = self.volume_deviation_percent {
+            if pct == 0 || pct > 10_000 {
+                p.add(
+                    format!("{field}.volume_deviation_percent"),
+                    format!("{pct} is out of range: give a percentage from 1 to 10000 (50 = more than ±50% from the recent median)"),
+                );
+            }
+        }
+        if self.volume_window == 0 || self.volume_window > 100 {
+            p.add(
+                format!("{field}.volume_window"),
+                "must be between 1 and 100 runs",
+            );
+        }
+        if self.volume_min_runs == 0 || self.volume_min_runs > self.volume_window {
+            p.add(
+                format!("{field}.volume_min_runs"),
+                format!(
+                    "must be between 1 and volume_window ({})",
+                    self.volume_window
+                ),
+            );
+        }
+        if !self.on_failure && self.volume_deviation_percent.is_none() {
+            p.add(
+                field,
+                "notifies about nothing: keep on_failure or set volume_deviation_percent",
+            );
         }
     }
 }
@@ -364,6 +457,120 @@ pub struct SqliteOptions {
     pub path: String,
 }
 
+/// Amazon Redshift, reached through the Redshift Data API (no network path to the cluster and
+/// no database driver needed). Exactly one of `cluster_identifier` (a provisioned cluster) and
+/// `workgroup_name` (Redshift Serverless). The database login is a Secrets Manager secret
+/// (`secret_arn`), a database user given temporary credentials (`db_user`, clusters only), or,
+/// with neither, the AWS identity itself (IAM). The AWS credentials are the static keys given
+/// here, else the named `profile`, else the default chain (environment, shared config files,
+/// web identity / IRSA, ECS and EC2 instance roles).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedshiftOptions {
+    #[serde(default)]
+    pub cluster_identifier: Option<String>,
+    #[serde(default)]
+    pub workgroup_name: Option<String>,
+    pub database: String,
+    #[serde(default)]
+    pub db_user: Option<String>,
+    #[serde(default)]
+    pub secret_arn: Option<String>,
+    /// The AWS region of the cluster or workgroup, e.g. `us-east-1`.
+    pub region: String,
+    /// Another Data API endpoint (a VPC endpoint, or a stand-in in tests).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    /// A profile of the shared AWS config files, instead of the default chain.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+impl RedshiftOptions {
+    fn check(&self, p: &mut Problems, f: &str) {
+        match (&self.cluster_identifier, &self.workgroup_name) {
+            (None, None) => p.add(
+                format!("{f}.cluster_identifier"),
+                "give cluster_identifier (a provisioned cluster) or workgroup_name (Redshift Serverless)",
+            ),
+            (Some(_), Some(_)) => p.add(
+                format!("{f}.workgroup_name"),
+                "give either cluster_identifier or workgroup_name, not both",
+            ),
+            (Some(c), None) => check_not_blank(p, &format!("{f}.cluster_identifier"), c),
+            (None, Some(w)) => check_not_blank(p, &format!("{f}.workgroup_name"), w),
+        }
+        check_not_blank(p, &format!("{f}.database"), &self.database);
+        check_not_blank(p, &format!("{f}.region"), &self.region);
+        match (&self.db_user, &self.secret_arn) {
+            (Some(_), Some(_)) => p.add(
+                format!("{f}.db_user"),
+                "give either db_user or secret_arn, not both (neither: the AWS identity logs in)",
+            ),
+            (Some(_), None) if self.workgroup_name.is_some() => p.add(
+                format!("{f}.db_user"),
+                "Redshift Serverless has no db_user logins: use secret_arn or the AWS identity",
+            ),
+            (Some(user), None) => check_not_blank(p, &format!("{f}.db_user"), user),
+            (None, Some(arn)) => {
+                if !(arn.starts_with("arn:") && arn.contains(":secretsmanager:")) {
+                    p.add(
+                        format!("{f}.secret_arn"),
+                        format!("'{arn}' is not a Secrets Manager ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)"),
+                    );
+                }
+            }
+            (None, None) => {}
+        }
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(_), None) => p.add(
+                format!("{f}.secret_access_key"),
+                "access_key_id needs its secret_access_key",
+            ),
+            (None, Some(_)) => p.add(
+                format!("{f}.access_key_id"),
+                "secret_access_key needs its access_key_id",
+            ),
+            (Some(id), Some(secret)) => {
+                check_not_blank(p, &format!("{f}.access_key_id"), id);
+                check_not_blank(p, &format!("{f}.secret_access_key"), secret.expose());
+                if self.profile.is_some() {
+                    p.add(
+                        format!("{f}.profile"),
+                        "give either static keys or a profile, not both",
+                    );
+                }
+            }
+            (None, None) => {
+                if self.session_token.is_some() {
+                    p.add(
+                        format!("{f}.session_token"),
+                        "a session token is only used with access_key_id and secret_access_key",
+                    );
+                }
+            }
+        }
+        if let Some(url) = &self.endpoint_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.trim_matches('/').is_empty()) || url.contains([' ', '?', '#'])
+            {
+                p.add(
+                    format!("{f}.endpoint_url"),
+                    format!("'{url}' is not an http(s) URL"),
+                );
+            }
+        }
+    }
+}
+
 /// The warehouse and its connection options. Snowflake, BigQuery, Databricks and Redshift
 /// come later as further variants.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -371,6 +578,8 @@ pub struct SqliteOptions {
 pub enum SourceKind {
     Postgres(PostgresOptions),
     Sqlite(SqliteOptions),
+    /// Boxed: its options are large and would bloat every `SourceKind`.
+    Redshift(Box<RedshiftOptions>),
 }
 
 impl SourceKind {
@@ -379,6 +588,7 @@ impl SourceKind {
         match self {
             SourceKind::Postgres(_) => "postgres",
             SourceKind::Sqlite(_) => "sqlite",
+            SourceKind::Redshift(_) => "redshift",
         }
     }
 }
@@ -454,6 +664,7 @@ impl SourceSpec {
             SourceKind::Sqlite(sqlite) => {
                 check_not_blank(&mut p, "source.kind.sqlite.path", &sqlite.path)
             }
+            SourceKind::Redshift(redshift) => redshift.check(&mut p, "source.kind.redshift"),
         }
         p.finish(())
     }
@@ -639,9 +850,17 @@ pub struct SyncSpec {
     #[serde(default)]
     pub mapping: MappingSpec,
     pub mode: SyncMode,
-    /// When to run (a cron expression; interpreted by the scheduler). None: on demand only.
+    /// When to run: `hourly`, `daily [at HH:MM]`, `weekly [on DAY] [at HH:MM]`, `every N[s|m|h|d]`,
+    /// a cron expression, or `manual`; None: on demand only. See [`crate::schedule`].
     #[serde(default)]
     pub schedule: Option<String>,
+    /// The IANA time zone calendar schedules are read in (default UTC), e.g. `Europe/Berlin`.
+    #[serde(default)]
+    pub schedule_timezone: Option<String>,
+    /// Called when one of this sync's runs fails or its volume deviates, in addition to the
+    /// tenant's webhook.
+    #[serde(default)]
+    pub webhook: Option<WebhookSpec>,
     /// Validate every record before sending and log invalid rows as per-row errors; off, a
     /// malformed JSON properties column is sent as a plain string property instead.
     #[serde(default = "default_true")]
@@ -681,6 +900,11 @@ impl SyncSpec {
         self.table.as_deref().unwrap_or("sql")
     }
 
+    /// The sync's schedule (manual when it has none).
+    pub fn parsed_schedule(&self) -> Result<Schedule, ScheduleError> {
+        Schedule::from_spec(self.schedule.as_deref(), self.schedule_timezone.as_deref())
+    }
+
     /// Checks the spec and resolves its mapping. Column existence and types are checked later,
     /// against the source's columns, by [`crate::mapping::RowMapper::new`].
     pub fn validate(&self) -> Result<ValidSync, SpecErrors> {
@@ -694,8 +918,15 @@ impl SyncSpec {
             (Some(t), None) => check_not_blank(&mut p, "sync.table", t),
             (None, Some(q)) => check_not_blank(&mut p, "sync.sql", q),
         }
-        if let Some(schedule) = &self.schedule {
-            check_not_blank(&mut p, "sync.schedule", schedule);
+        if let Err(e) = self.parsed_schedule() {
+            let field = match e {
+                ScheduleError::Expression(_) => "sync.schedule",
+                ScheduleError::Timezone(_) => "sync.schedule_timezone",
+            };
+            p.add(field, e.to_string());
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.check(&mut p, "sync.webhook");
         }
         self.check_mode(&mut p);
         let mapping = resolve_mapping(&self.mapping, self.table_type, self.table_label(), &mut p);
@@ -1123,6 +1354,59 @@ mod tests {
     }
 
     #[test]
+    fn schedules_and_webhooks_are_checked_by_field() {
+        let ok = sync(&format!(
+            "{}\n[webhook]\nurl = \"https://hooks.example.com/ferry\"\nsecret = \"k\"\nvolume_deviation_percent = 50",
+            EVENTS.replace("[mapping]", "schedule_timezone = \"Europe/Berlin\"\n[mapping]")
+        ));
+        ok.validate().unwrap();
+        assert_eq!(
+            ok.parsed_schedule().unwrap().timezone(),
+            Some(chrono_tz::Europe::Berlin)
+        );
+        let hook = ok.webhook.as_ref().unwrap();
+        assert!(hook.on_failure);
+        assert_eq!((hook.volume_window, hook.volume_min_runs), (5, 3));
+
+        let mut bad = ok.clone();
+        bad.schedule = Some("every fortnight".into());
+        bad.schedule_timezone = Some("Europe/Berln".into());
+        let err = bad.validate().unwrap_err();
+        assert!(err.mentions("sync.schedule"), "{err}");
+        bad.schedule = Some("daily at 06:00".into());
+        let err = bad.validate().unwrap_err();
+        assert!(
+            err.mentions("sync.schedule_timezone") && !err.mentions("sync.schedule"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Europe/Berln"), "{err}");
+
+        let mut bad = ok.clone();
+        let hook = bad.webhook.as_mut().unwrap();
+        hook.url = "hooks.example.com".into();
+        hook.volume_deviation_percent = Some(0);
+        hook.volume_min_runs = 9;
+        let err = bad.validate().unwrap_err();
+        for field in [
+            "sync.webhook.url",
+            "sync.webhook.volume_deviation_percent",
+            "sync.webhook.volume_min_runs",
+        ] {
+            assert!(err.mentions(field), "{field}: {err}");
+        }
+        assert!(
+            toml::from_str::<WebhookSpec>("url = 'http://x'\nretries = 3").is_err(),
+            "unknown keys are refused"
+        );
+        let silent: WebhookSpec = toml::from_str("url = 'http://x'\non_failure = false").unwrap();
+        let mut p = Problems::default();
+        silent.check(&mut p, "tenant.webhook");
+        assert_eq!(p.0.len(), 1);
+        assert_eq!(p.0[0].field, "tenant.webhook");
+        assert!(format!("{ok:?}").contains("secret: Some(***)"), "{ok:?}");
+    }
+
+    #[test]
     fn each_table_type_needs_its_own_options() {
         let base = |tt: &str, mapping: &str| {
             sync(&format!(
@@ -1307,5 +1591,64 @@ mod tests {
         let lite: SourceSpec =
             toml::from_str("id='s'\ntenant='t'\n[kind.sqlite]\npath='data.db'").unwrap();
         lite.validate().unwrap();
+    }
+
+    #[test]
+    fn redshift_sources() {
+        let rs: SourceSpec = toml::from_str(
+            r#"
+            id = "rs"
+            tenant = "acme"
+            [kind.redshift]
+            workgroup_name = "analytics"
+            database = "dev"
+            secret_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ferry-AbCdEf"
+            region = "us-east-1"
+            access_key_id = "AKIDEXAMPLE"
+            secret_access_key = "wJalrXUtnFEMI"
+            "#,
+        )
+        .unwrap();
+        rs.validate().unwrap();
+        assert_eq!(rs.kind.warehouse_type(), "redshift");
+        assert!(!format!("{rs:?}").contains("wJalrXUtnFEMI"));
+        let SourceKind::Redshift(opts) = &rs.kind else {
+            panic!("redshift expected")
+        };
+        let check = |change: &dyn Fn(&mut RedshiftOptions), field: &str| {
+            let mut o = (**opts).clone();
+            change(&mut o);
+            let spec = SourceSpec {
+                kind: SourceKind::Redshift(Box::new(o)),
+                ..rs.clone()
+            };
+            let err = spec.validate().unwrap_err();
+            assert!(err.mentions(&format!("source.kind.redshift.{field}")), "{field}: {err}");
+        };
+        check(&|o| o.cluster_identifier = Some("c1".into()), "workgroup_name");
+        check(&|o| o.workgroup_name = None, "cluster_identifier");
+        check(&|o| o.db_user = Some("ferry".into()), "db_user");
+        check(&|o| o.secret_arn = Some("my-secret".into()), "secret_arn");
+        check(&|o| o.secret_access_key = None, "secret_access_key");
+        check(&|o| o.profile = Some("prod".into()), "profile");
+        check(&|o| o.endpoint_url = Some("ftp://x".into()), "endpoint_url");
+        check(&|o| o.region = " ".into(), "region");
+        check(
+            &|o| {
+                o.workgroup_name = None;
+                o.cluster_identifier = Some("c1".into());
+                o.secret_arn = None;
+                o.db_user = Some("ferry".into());
+                o.access_key_id = None;
+                o.secret_access_key = None;
+                o.session_token = Some(Secret::new("t"));
+            },
+            "session_token",
+        );
+        let err = toml::from_str::<SourceSpec>(
+            "id='s'\ntenant='t'\n[kind.redshift]\ncluster='c'\ndatabase='d'\nregion='r'",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cluster"), "{err}");
     }
 }
