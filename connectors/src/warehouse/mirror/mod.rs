@@ -23,6 +23,8 @@
 //! column never enters it; rows are fetched afterwards by joining the changes back on the
 //! snapshot's identity and row hash.
 
+#[cfg(test)]
+pub(crate) mod golden;
 pub mod sql;
 
 use std::fmt;
