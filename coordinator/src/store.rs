@@ -1,6 +1,7 @@
 //! The state-store contract: ownership with fencing, cursors, and run history. The embedded
-//! store implements it in one file; the etcd store will implement it with the same keys
-//! ([`crate::keys`]) and the same checks as etcd transactions.
+//! store implements it in one file; the etcd store (`cluster::etcd_store`, feature `etcd`)
+//! with the same keys ([`crate::keys`]) and the same checks as etcd transactions. Both run the
+//! same contract tests (`store/contract.rs`).
 
 use async_trait::async_trait;
 use ferry_core::error::{Classify, ErrorClass};
@@ -134,3 +135,6 @@ pub trait StateStore: Send + Sync {
     /// The sync's most recent runs, newest (most recently created) first.
     async fn list_runs(&self, sync: &SyncId, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
 }
+
+#[cfg(test)]
+pub(crate) mod contract;
