@@ -85,14 +85,17 @@ pub enum WarehouseError {
     /// The consumer stopped listening (the run was cancelled or restarted).
     #[error("the reader was stopped")]
     Stopped,
+    /// The warehouse's API refused the request for now (a rate or concurrency limit).
+    #[error("the warehouse is throttling requests: {0}")]
+    Throttled(String),
 }
 
 impl Classify for WarehouseError {
     fn class(&self) -> ErrorClass {
         match self {
-            WarehouseError::Unreachable { .. } | WarehouseError::ConnectionLost(_) => {
-                ErrorClass::Retryable
-            }
+            WarehouseError::Unreachable { .. }
+            | WarehouseError::ConnectionLost(_)
+            | WarehouseError::Throttled(_) => ErrorClass::Retryable,
             WarehouseError::Value { .. } => ErrorClass::PerRow,
             _ => ErrorClass::Fatal,
         }
@@ -133,6 +136,8 @@ pub use paging::Pager;
 
 #[cfg(feature = "warehouse-postgres")]
 pub mod postgres;
+#[cfg(feature = "warehouse-redshift")]
+pub mod redshift;
 #[cfg(feature = "warehouse-sqlite")]
 pub mod sqlite;
 

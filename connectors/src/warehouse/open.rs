@@ -15,6 +15,10 @@ pub fn open_warehouse(spec: &SourceSpec) -> Result<Arc<dyn Warehouse>, Warehouse
         SourceKind::Postgres(options) => Ok(Arc::new(super::postgres::PostgresWarehouse::new(options.clone()))),
         #[cfg(feature = "warehouse-sqlite")]
         SourceKind::Sqlite(options) => Ok(Arc::new(super::sqlite::SqliteWarehouse::new(options))),
+        #[cfg(feature = "warehouse-redshift")]
+        SourceKind::Redshift(options) => Ok(Arc::new(super::redshift::RedshiftWarehouse::new(
+            (**options).clone(),
+        ))),
         #[allow(unreachable_patterns)]
         other => Err(WarehouseError::Config(format!(
             "source '{}': this build of Ferry has no '{}' support (enable the Cargo feature warehouse-{})",
