@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod keys;
 pub mod records;
 pub mod runner;
+pub mod schedule;
 pub mod sink;
 pub mod store;
 

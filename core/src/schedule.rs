@@ -103,7 +103,9 @@ impl Schedule {
         match words.as_slice() {
             [] => Err(ScheduleError::Expression(format!("empty schedule: {HINT}"))),
             ["manual"] | ["trigger-only"] | ["trigger", "only"] => no_timezone(Kind::Manual),
-            ["every", rest @ ..] => no_timezone(Kind::Every(parse_interval(trimmed, &rest.concat())?)),
+            ["every", rest @ ..] => {
+                no_timezone(Kind::Every(parse_interval(trimmed, &rest.concat())?))
+            }
             ["hourly"] => calendar("0 * * * *".into()),
             ["daily"] => calendar("0 0 * * *".into()),
             ["daily", "at", time] => {
@@ -302,15 +304,36 @@ mod tests {
     fn named_schedules() {
         let at = "2026-05-06T10:20:30Z"; // a Wednesday
         assert_eq!(next("hourly", None, at), utc("2026-05-06T11:00:00Z"));
-        assert_eq!(next("Hourly", None, "2026-05-06T11:00:00Z"), utc("2026-05-06T12:00:00Z"));
+        assert_eq!(
+            next("Hourly", None, "2026-05-06T11:00:00Z"),
+            utc("2026-05-06T12:00:00Z")
+        );
         assert_eq!(next("daily", None, at), utc("2026-05-07T00:00:00Z"));
-        assert_eq!(next("daily at 06:30", None, at), utc("2026-05-07T06:30:00Z"));
-        assert_eq!(next("daily at 23:59", None, at), utc("2026-05-06T23:59:00Z"));
+        assert_eq!(
+            next("daily at 06:30", None, at),
+            utc("2026-05-07T06:30:00Z")
+        );
+        assert_eq!(
+            next("daily at 23:59", None, at),
+            utc("2026-05-06T23:59:00Z")
+        );
         assert_eq!(next("weekly", None, at), utc("2026-05-11T00:00:00Z"));
-        assert_eq!(next("weekly at 9:05", None, at), utc("2026-05-11T09:05:00Z"));
-        assert_eq!(next("weekly on friday", None, at), utc("2026-05-08T00:00:00Z"));
-        assert_eq!(next("weekly on Sun at 18:00", None, at), utc("2026-05-10T18:00:00Z"));
-        assert_eq!(next("weekly on wed at 10:21", None, at), utc("2026-05-06T10:21:00Z"));
+        assert_eq!(
+            next("weekly at 9:05", None, at),
+            utc("2026-05-11T09:05:00Z")
+        );
+        assert_eq!(
+            next("weekly on friday", None, at),
+            utc("2026-05-08T00:00:00Z")
+        );
+        assert_eq!(
+            next("weekly on Sun at 18:00", None, at),
+            utc("2026-05-10T18:00:00Z")
+        );
+        assert_eq!(
+            next("weekly on wed at 10:21", None, at),
+            utc("2026-05-06T10:21:00Z")
+        );
         assert_eq!(next("every 90s", None, at), utc("2026-05-06T10:22:00Z"));
         assert_eq!(next("every 2 hours", None, at), utc("2026-05-06T12:20:30Z"));
         assert_eq!(
@@ -329,16 +352,28 @@ mod tests {
     fn cron_expressions() {
         let at = "2026-05-06T10:20:30Z";
         assert_eq!(next("*/15 * * * *", None, at), utc("2026-05-06T10:30:00Z"));
-        assert_eq!(next("cron 0 9 * * 1-5", None, at), utc("2026-05-07T09:00:00Z"));
+        assert_eq!(
+            next("cron 0 9 * * 1-5", None, at),
+            utc("2026-05-07T09:00:00Z")
+        );
         // Six fields: leading seconds; seven: a trailing year.
-        assert_eq!(next("45 20 10 * * *", None, at), utc("2026-05-06T10:20:45Z"));
-        assert_eq!(next("0 0 0 1 1 * 2030", None, at), utc("2030-01-01T00:00:00Z"));
+        assert_eq!(
+            next("45 20 10 * * *", None, at),
+            utc("2026-05-06T10:20:45Z")
+        );
+        assert_eq!(
+            next("0 0 0 1 1 * 2030", None, at),
+            utc("2030-01-01T00:00:00Z")
+        );
         assert_eq!(next("@daily", None, at), utc("2026-05-07T00:00:00Z"));
         // A year that has passed never fires again.
         let past = Schedule::parse("0 0 0 1 1 * 2020", None).unwrap();
         assert_eq!(past.next_after(utc(at)), None);
         // The instant itself is not "after" it.
-        assert_eq!(next("0 11 * * *", None, "2026-05-06T11:00:00Z"), utc("2026-05-07T11:00:00Z"));
+        assert_eq!(
+            next("0 11 * * *", None, "2026-05-06T11:00:00Z"),
+            utc("2026-05-07T11:00:00Z")
+        );
     }
 
     #[test]
@@ -349,7 +384,11 @@ mod tests {
             utc("2026-05-07T07:00:00Z")
         );
         assert_eq!(
-            next("daily at 09:00", Some("Europe/Berlin"), "2026-12-01T10:00:00Z"),
+            next(
+                "daily at 09:00",
+                Some("Europe/Berlin"),
+                "2026-12-01T10:00:00Z"
+            ),
             utc("2026-12-02T08:00:00Z")
         );
         assert_eq!(
@@ -359,7 +398,10 @@ mod tests {
         let s = Schedule::parse("hourly", Some("Asia/Kolkata")).unwrap();
         assert_eq!(s.timezone(), Some(chrono_tz::Asia::Kolkata));
         // Kolkata is UTC+05:30, so its hours start at :30 UTC.
-        assert_eq!(s.next_after(utc("2026-05-06T10:00:00Z")), Some(utc("2026-05-06T10:30:00Z")));
+        assert_eq!(
+            s.next_after(utc("2026-05-06T10:00:00Z")),
+            Some(utc("2026-05-06T10:30:00Z"))
+        );
     }
 
     #[test]
@@ -397,7 +439,10 @@ mod tests {
     #[test]
     fn hourly_follows_real_hours_through_both_changes() {
         let s = Schedule::parse("hourly", Some("Europe/Berlin")).unwrap();
-        for (from, day) in [("2026-03-28T22:00:00Z", "spring"), ("2026-10-24T22:00:00Z", "fall")] {
+        for (from, day) in [
+            ("2026-03-28T22:00:00Z", "spring"),
+            ("2026-10-24T22:00:00Z", "fall"),
+        ] {
             let fired = firings(&s, from, 6);
             let start = utc(from);
             for (i, t) in fired.iter().enumerate() {
@@ -415,14 +460,20 @@ mod tests {
         let s = Schedule::parse("0 9 * * 1-5", Some("Europe/Berlin")).unwrap();
         // Fri 2026-03-27 (CET) then Mon 2026-03-30 (CEST).
         let fired = firings(&s, "2026-03-27T00:00:00Z", 2);
-        assert_eq!(fired, vec![utc("2026-03-27T08:00:00Z"), utc("2026-03-30T07:00:00Z")]);
+        assert_eq!(
+            fired,
+            vec![utc("2026-03-27T08:00:00Z"), utc("2026-03-30T07:00:00Z")]
+        );
         let berlin = chrono_tz::Europe::Berlin;
         for t in fired {
             let local = t.with_timezone(&berlin);
             assert_eq!(local.format("%H:%M").to_string(), "09:00");
         }
         assert_eq!(
-            berlin.with_ymd_and_hms(2026, 3, 30, 9, 0, 0).unwrap().with_timezone(&Utc),
+            berlin
+                .with_ymd_and_hms(2026, 3, 30, 9, 0, 0)
+                .unwrap()
+                .with_timezone(&Utc),
             utc("2026-03-30T07:00:00Z")
         );
     }
@@ -433,7 +484,11 @@ mod tests {
             Err(ScheduleError::Expression(m)) => m,
             other => panic!("{text}: {other:?}"),
         };
-        assert!(expr("sometimes").contains("hourly"), "{}", expr("sometimes"));
+        assert!(
+            expr("sometimes").contains("hourly"),
+            "{}",
+            expr("sometimes")
+        );
         assert!(expr("").contains("empty"));
         assert!(expr("every 0s").contains("positive"));
         assert!(expr("every 5y").contains("unit 'y'"));
