@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
+use ferry_core::schedule::Schedule;
 use ferry_core::spec::{SourceSpec, SyncSpec, TenantSpec};
 use serde::Deserialize;
 
@@ -58,45 +58,8 @@ pub struct Job {
     pub tenant: TenantSpec,
     pub source: SourceSpec,
     pub sync: SyncSpec,
-    pub every: Option<Duration>,
-}
-
-/// `hourly`, `daily`, `weekly`, or `every N[s|m|h|d]`; cron expressions arrive with the
-/// scheduler of the admin API. `None`: only on demand (`--once`).
-pub fn parse_schedule(text: &str) -> Result<Duration, String> {
-    let t = text.trim().to_ascii_lowercase();
-    match t.as_str() {
-        "hourly" => return Ok(Duration::from_secs(3600)),
-        "daily" => return Ok(Duration::from_secs(86_400)),
-        "weekly" => return Ok(Duration::from_secs(7 * 86_400)),
-        _ => {}
-    }
-    let Some(rest) = t.strip_prefix("every ") else {
-        return Err(format!("'{text}' is not a schedule this node understands: use hourly, daily, weekly or 'every N[s|m|h|d]'"));
-    };
-    let rest = rest.trim();
-    let split = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    let (n, unit) = rest.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("'{text}': expected a number after 'every'"))?;
-    let secs = match unit.trim() {
-        "s" | "sec" | "secs" | "second" | "seconds" => n,
-        "m" | "min" | "mins" | "minute" | "minutes" => n * 60,
-        "h" | "hour" | "hours" => n * 3600,
-        "d" | "day" | "days" => n * 86_400,
-        other => {
-            return Err(format!(
-                "'{text}': unknown unit '{other}' (use s, m, h or d)"
-            ))
-        }
-    };
-    if secs == 0 {
-        return Err(format!("'{text}': the interval must be positive"));
-    }
-    Ok(Duration::from_secs(secs))
+    /// When the node runs it (manual: only with `--once`).
+    pub schedule: Schedule,
 }
 
 impl NodeConfig {
@@ -172,20 +135,16 @@ impl NodeConfig {
                     sync.source, sync.tenant
                 ));
             }
-            let every = match sync.schedule.as_deref().map(parse_schedule) {
-                Some(Ok(d)) => Some(d),
-                Some(Err(e)) => {
-                    problems.push(format!("{place}: sync.schedule: {e}"));
-                    None
-                }
-                None => None,
-            };
+            // A bad schedule is among the validation problems above.
+            let schedule = sync
+                .parsed_schedule()
+                .unwrap_or_else(|_| Schedule::manual());
             if let (Some(t), Some(s)) = (tenant, source) {
                 jobs.push(Job {
                     tenant: (*t).clone(),
                     source: (*s).clone(),
                     sync: sync.clone(),
-                    every,
+                    schedule,
                 });
             }
         }
@@ -206,14 +165,33 @@ mod tests {
 
     #[test]
     fn schedules() {
-        assert_eq!(parse_schedule("hourly"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_schedule("every 90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_schedule("every 2 h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_schedule("*/5 * * * *")
+        let job = |schedule: &str| {
+            let cfg: NodeConfig = toml::from_str(&format!(
+                "[[tenants]]\nid='t'\nname='T'\nproject_id=1\ndestination={{base_url='http://127.0.0.1:1'}}\nauth={{project_token='x'}}\n\
+                 [[sources]]\nid='s'\ntenant='t'\n[sources.kind.sqlite]\npath='w.db'\n\
+                 [[syncs]]\nid='u'\ntenant='t'\nsource='s'\ntable='users'\ntable_type='user_profiles'\nmode='full'\n{schedule}\n\
+                 [syncs.mapping]\ndistinct_id_column='id'\n"
+            ))
+            .unwrap();
+            cfg.jobs(Path::new("ferry.toml"))
+                .map(|mut jobs| jobs.remove(0).schedule)
+        };
+        assert_eq!(
+            job("schedule = 'every 90s'").unwrap().interval(),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert!(job("").unwrap().is_manual());
+        let cron = job("schedule = '*/5 * * * *'\nschedule_timezone = 'Europe/Berlin'").unwrap();
+        assert_eq!(cron.timezone().map(|tz| tz.name()), Some("Europe/Berlin"));
+        let err = job("schedule = 'every 5y'").unwrap_err().to_string();
+        assert!(
+            err.contains("syncs[0] (u): sync.schedule:") && err.contains("unit"),
+            "{err}"
+        );
+        let err = job("schedule = 'daily'\nschedule_timezone = 'Mars/Base'")
             .unwrap_err()
-            .contains("hourly"));
-        assert!(parse_schedule("every 0s").is_err());
-        assert!(parse_schedule("every 5y").unwrap_err().contains("unit"));
+            .to_string();
+        assert!(err.contains("sync.schedule_timezone"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use chrono::Utc;
 use clap::Args;
 use indicatif::MultiProgress;
 
@@ -60,7 +61,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let scheduled: Vec<_> = jobs.into_iter().filter(|j| j.every.is_some()).collect();
+    let scheduled: Vec<_> = jobs
+        .into_iter()
+        .filter(|j| !j.schedule.is_manual())
+        .collect();
     if scheduled.is_empty() {
         bail!(
             "no sync in {} has a schedule; give one (e.g. schedule = \"hourly\") or use --once",
@@ -71,12 +75,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     for job in scheduled {
         let runner = Arc::clone(&runner);
         tasks.spawn(async move {
-            let every = job.every.unwrap_or(Duration::from_secs(3600));
-            // A tick missed while a run was still going is run once when it ends, not N times.
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
+            // An interval schedule runs at once; a calendar one waits for its next time. The
+            // next time is computed from the last run's start, so ticks missed while a run was
+            // still going run once when it ends, not N times.
+            let mut next = match job.schedule.interval() {
+                Some(_) => Some(Utc::now()),
+                None => job.schedule.next_after(Utc::now()),
+            };
+            while let Some(due) = next {
+                let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                tokio::time::sleep(wait).await;
+                // max: the monotonic timer may wake a hair before the wall clock reaches `due`.
+                next = job.schedule.next_after(Utc::now().max(due));
                 match runner
                     .run(&job.tenant, &job.source, &job.sync, Default::default())
                     .await
@@ -87,6 +97,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     Err(e) => tracing::error!(sync = %job.sync.id, error = %e, "sync not run"),
                 }
             }
+            tracing::warn!(sync = %job.sync.id, schedule = %job.schedule, "the schedule has no further times");
+            std::future::pending::<()>().await
         });
     }
     tokio::select! {
