@@ -1,5 +1,6 @@
 //! The `ferry` binary: one executable for every role.
 
+mod cli;
 mod config;
 mod node_cmd;
 mod quickstart;
@@ -31,6 +32,8 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Run a local Mixpanel-compatible ingestion and export server (for dry runs and tests).
     Receiver(receiver_cmd::ReceiverArgs),
+    #[command(flatten)]
+    Admin(cli::AdminCommand),
 }
 
 fn init_logging(format: &str, default_level: &str) {
@@ -49,7 +52,7 @@ fn init_logging(format: &str, default_level: &str) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The quickstart talks to people through its own output; keep the logs to warnings.
-    let level = if matches!(cli.command, Command::Quickstart(_)) {
+    let level = if matches!(cli.command, Command::Quickstart(_) | Command::Admin(_)) {
         "warn"
     } else {
         "info"
@@ -70,13 +73,14 @@ fn main() -> std::process::ExitCode {
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Node(args) => node_cmd::run(args).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
+            Command::Admin(command) => cli::run(command).await.map_err(anyhow::Error::from),
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            cli::exit_code(&e)
         }
     }
 }
