@@ -7,6 +7,7 @@
 //! same to the pipeline; a typed, classified error there would let the supervisor stop at once
 //! on `Fenced` and retry on `Unavailable`.
 
+pub mod cluster;
 pub mod embedded;
 pub mod keys;
 pub mod records;

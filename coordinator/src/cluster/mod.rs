@@ -1,0 +1,19 @@
+//! Many nodes, one cluster (DESIGN.md, "Cluster"): liveness and durable state are etcd's.
+//!
+//! - [`placement`]: weighted rendezvous hashing of syncs onto nodes (pure, no etcd).
+//! - [`keys`]: the cluster's own keys under `/ferry/v1/` (nodes, assignments, the election).
+//! - with feature `etcd`: [`connection`] (client and error classes), [`etcd_store`] (the
+//!   [`StateStore`](crate::store::StateStore) on etcd: claims on the node's lease, fenced
+//!   writes), [`membership`] (one lease per node, its registration, the kill switch),
+//!   [`election`] (the coordinator election) and [`assigner`] (the elected coordinator's
+//!   placement loop writing assignments).
+
+pub mod keys;
+pub mod placement;
+
+#[cfg(feature = "etcd")]
+pub mod connection;
+#[cfg(feature = "etcd")]
+pub mod etcd_store;
+#[cfg(feature = "etcd")]
+pub mod membership;
