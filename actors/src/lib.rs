@@ -2,6 +2,7 @@
 //! (`checkpoint`), and how a failed pipeline is restarted (`restart`). The ractor actors
 //! (SyncSupervisor, NodeAgent) that host these stages come next.
 
+pub mod changes;
 pub mod checkpoint;
 pub mod pipeline;
 pub mod restart;

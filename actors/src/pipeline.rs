@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::changes;
 use crate::checkpoint::{CheckpointTracker, PageSeq, TrackerError};
 
 /// Where committed cursors go: a fenced write in the state store.
@@ -64,6 +65,12 @@ pub struct RunProgress {
     pub rows_invalid: AtomicU64,
     pub records_refused: AtomicU64,
     pub cursor_commits: AtomicU64,
+    /// Mirror: deleted events the destination cannot delete (Mixpanel has no per-event delete).
+    pub deletes_not_applied: AtomicU64,
+    /// Mirror: the changes the run's diff found (set by the engine, not by the stages).
+    pub changes_inserted: AtomicU64,
+    pub changes_updated: AtomicU64,
+    pub changes_deleted: AtomicU64,
 }
 
 /// A row or record that did not make it, kept in the run's bounded error log.
@@ -294,12 +301,15 @@ async fn diff_stage(
             tokio::task::spawn_blocking(move || encode_page(&mapper, first_row, &page))
                 .await
                 .map_err(|e| PipelineError::Stage(format!("encoding: {e}")))?;
-        progress
-            .rows_invalid
-            .fetch_add(errors.len() as u64, Ordering::Relaxed);
-        for e in errors {
+        for (reason, e) in errors {
+            let counter = if reason == changes::NOT_APPLIED {
+                &progress.deletes_not_applied
+            } else {
+                &progress.rows_invalid
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             log.push(RunRowError {
-                reason: "invalid_row",
+                reason,
                 row: Some(e.row),
                 key: e.key,
                 field: e.field,
@@ -320,18 +330,26 @@ async fn diff_stage(
     Ok(None)
 }
 
+/// Encodes a page; each failed row comes with its log reason (see [`changes`]). A page of
+/// Mirror changes (it has `_mp_change_type`) is encoded change by change.
 fn encode_page(
     mapper: &RowMapper,
     first_row: u64,
     page: &Page,
-) -> (Vec<EncodedRecord>, Vec<RowError>) {
+) -> (Vec<EncodedRecord>, Vec<(&'static str, RowError)>) {
     let now = chrono::Utc::now().timestamp_millis();
     let mut records = Vec::with_capacity(page.batch.rows.len());
     let mut errors = Vec::new();
+    let change_index = changes::change_type_index(&page.batch.columns);
     for (i, row) in page.batch.rows.iter().enumerate() {
-        if let Err(e) =
-            mapper.encode_upsert(first_row + i as u64, row, Unset::Never, now, &mut records)
-        {
+        let row_index = first_row + i as u64;
+        let encoded = match change_index {
+            Some(c) => changes::encode_change(mapper, row_index, row, c, now, &mut records),
+            None => mapper
+                .encode_upsert(row_index, row, Unset::Never, now, &mut records)
+                .map_err(|e| (changes::INVALID_ROW, e)),
+        };
+        if let Err(e) = encoded {
             errors.push(e);
         }
     }
@@ -422,7 +440,10 @@ async fn send(
     };
     let batch_seqs: Vec<PageSeq> = seqs.drain(..n).collect();
     progress.records_sent.fetch_add(n as u64, Ordering::Relaxed);
-    let outcome = client.send(endpoint, batch).await?;
+    let outcome = match kind {
+        Some(RecordKind::EventDelete) => client.delete_events(batch).await?.batch,
+        _ => client.send(endpoint, batch).await?,
+    };
     progress
         .records_accepted
         .fetch_add(outcome.accepted as u64, Ordering::Relaxed);

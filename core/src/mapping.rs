@@ -37,7 +37,7 @@ use crate::ingest::limits::MAX_RECORD_BYTES;
 use crate::ingest::profile::{validate_profile_update, ProfileKind};
 use crate::insert_id::{insert_id_from_checksum, insert_id_from_key};
 use crate::spec::{
-    EventName, Mapping, Problems, SpecErrors, SyncSpec, Target, TimeSpec, TimeUnit,
+    EventName, HistoryOf, Mapping, Problems, SpecErrors, SyncSpec, Target, TimeSpec, TimeUnit,
     RESERVED_COLUMNS,
 };
 use crate::value::{column_index, iso_utc, Column, ColumnKind, Value};
@@ -63,6 +63,9 @@ pub enum RecordKind {
     UserProfile,
     /// `/groups`.
     GroupProfile,
+    /// A Mirror delete of an event: the event as it was sent, for the bundled receiver's
+    /// `/ferry/v1/events/delete` (Mixpanel's public API has no per-event delete).
+    EventDelete,
 }
 
 /// A record ready to batch: its JSON, serialized once.
@@ -155,6 +158,9 @@ pub struct RowMapper {
     hidden: Vec<(&'static str, Json)>,
     token: Option<String>,
     column_names: Vec<String>,
+    /// Deleted event rows become [`RecordKind::EventDelete`] records (the destination can
+    /// delete events); otherwise they are refused as not applied.
+    event_deletes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,14 +226,28 @@ impl RowMapper {
             }
             Target::ProfileHistory {
                 event_name,
-                distinct_id_column,
+                profile,
                 time,
             } => {
                 kind = MapperKind::History;
                 plan.event_name = Some(PlanName::Static(event_name.clone()));
                 plan.time = checker.time_column(time);
-                plan.distinct_id =
-                    checker.id_column("sync.mapping.distinct_id_column", distinct_id_column);
+                match profile {
+                    HistoryOf::User { distinct_id_column } => {
+                        plan.distinct_id = checker
+                            .id_column("sync.mapping.distinct_id_column", distinct_id_column);
+                    }
+                    // A group's history event carries the group id as its distinct id and under
+                    // the group key, as group analytics attributes events to groups.
+                    HistoryOf::Group {
+                        group_key,
+                        group_id_column,
+                    } => {
+                        plan.distinct_id =
+                            checker.id_column("sync.mapping.group_id_column", group_id_column);
+                        plan.group = plan.distinct_id.map(|i| (group_key.clone(), i));
+                    }
+                }
             }
             Target::UserProfiles { distinct_id_column } => {
                 kind = MapperKind::Users;
@@ -339,7 +359,25 @@ impl RowMapper {
             hidden,
             token: ctx.token.clone(),
             column_names: columns.iter().map(|c| c.name.clone()).collect(),
+            event_deletes: false,
         })
+    }
+
+    /// Lets [`Self::encode_delete`] encode deleted events for a destination that can delete
+    /// them (the bundled receiver).
+    pub fn with_event_deletes(mut self, supported: bool) -> Self {
+        self.event_deletes = supported;
+        self
+    }
+
+    /// Whether deleted events become records (see [`Self::with_event_deletes`]).
+    pub fn event_deletes(&self) -> bool {
+        self.event_deletes
+    }
+
+    /// Whether this mapper's deletes are events (which need [`Self::with_event_deletes`]).
+    pub fn deletes_events(&self) -> bool {
+        matches!(self.kind, MapperKind::Events | MapperKind::History)
     }
 
     /// The endpoint this mapper's records go to.
@@ -401,6 +439,11 @@ impl RowMapper {
                 if let Some(id) = cell(row, i).to_id_string() {
                     props.insert(name.into(), Json::String(id));
                 }
+            }
+        }
+        if let (MapperKind::History, Some((group_key, i))) = (self.kind, &plan.group) {
+            if let Some(id) = cell(row, *i).to_id_string() {
+                props.insert(group_key.clone(), Json::String(id));
             }
         }
         props.insert("$insert_id".into(), Json::String(self.insert_id(row)));
@@ -515,8 +558,10 @@ impl RowMapper {
         }
     }
 
-    /// Encodes a deleted row: a profile's `$delete`. Events cannot be deleted through
-    /// Mixpanel's public API: that is reported as a per-row error ("not applied").
+    /// Encodes a deleted row: a profile's `$delete`; an event (or history event) as it was
+    /// sent, as a [`RecordKind::EventDelete`] when the destination can delete events (see
+    /// [`Self::with_event_deletes`]). Otherwise Mixpanel's public API has no per-event delete,
+    /// and that is reported as a per-row error ("not applied").
     pub fn encode_delete(
         &self,
         row_index: u64,
@@ -524,6 +569,13 @@ impl RowMapper {
         out: &mut Vec<EncodedRecord>,
     ) -> Result<(), RowError> {
         match self.kind {
+            MapperKind::Events | MapperKind::History if self.event_deletes => {
+                // The time window does not apply to deleting what was stored.
+                let mut record = self.encode_event(row_index, row, i64::MAX / 4)?;
+                record.kind = RecordKind::EventDelete;
+                out.push(record);
+                Ok(())
+            }
             MapperKind::Events | MapperKind::History => Err(self.row_error(
                 row_index,
                 row,

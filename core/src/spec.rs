@@ -730,7 +730,9 @@ pub struct MappingSpec {
     pub event_name: Option<String>,
     /// Events: the column holding each row's event name.
     pub event_name_column: Option<String>,
-    /// Events: event time; profile history: the row's start time.
+    /// Events: event time; profile history: the row's start time (`start_time_column` is
+    /// accepted as its name there).
+    #[serde(alias = "start_time_column")]
     pub time_column: Option<String>,
     #[serde(default)]
     pub time_unit: TimeUnit,
@@ -792,12 +794,50 @@ pub enum Target {
         lookup_table_id: String,
         key_column: String,
     },
-    /// One history event per row at its start time, named `event_name`.
+    /// One history event per row at its start time (`time`), named `event_name`, for a user
+    /// or a group; a row's end is the next row's start for the same id.
     ProfileHistory {
         event_name: String,
-        distinct_id_column: String,
+        profile: HistoryOf,
         time: TimeSpec,
     },
+}
+
+/// Whose history a profile-history table holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryOf {
+    User {
+        distinct_id_column: String,
+    },
+    Group {
+        group_key: String,
+        group_id_column: String,
+    },
+}
+
+impl Target {
+    /// The columns that identify one row of the target when the mapping names no key columns:
+    /// a profile's id, a history row's id and start time, a lookup table's key; none for
+    /// events (Mirror then identifies rows by all their columns).
+    pub fn natural_key(&self) -> Vec<String> {
+        match self {
+            Target::Events { .. } => Vec::new(),
+            Target::UserProfiles { distinct_id_column } => vec![distinct_id_column.clone()],
+            Target::GroupProfiles {
+                group_id_column, ..
+            } => vec![group_id_column.clone()],
+            Target::LookupTable { key_column, .. } => vec![key_column.clone()],
+            Target::ProfileHistory { profile, time, .. } => {
+                let id = match profile {
+                    HistoryOf::User { distinct_id_column } => distinct_id_column,
+                    HistoryOf::Group {
+                        group_id_column, ..
+                    } => group_id_column,
+                };
+                vec![id.clone(), time.column.clone()]
+            }
+        }
+    }
 }
 
 /// A validated mapping.
@@ -831,7 +871,14 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
 ];
 
 /// Column names Ferry uses in its own warehouse objects; a synced table may not have them.
-pub const RESERVED_COLUMNS: &[&str] = &["_mp_row_hash", "_mp_change_type"];
+/// (`_mp_key_hash` and `_mp_change_seq` sit beside the source's columns in Mirror's snapshots
+/// and change reads too.)
+pub const RESERVED_COLUMNS: &[&str] = &[
+    "_mp_row_hash",
+    "_mp_change_type",
+    "_mp_key_hash",
+    "_mp_change_seq",
+];
 
 /// One table (or SQL query) synced to one tenant's project.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -868,6 +915,12 @@ pub struct SyncSpec {
     /// Append: the insert-time column whose maximum is the cursor.
     #[serde(default)]
     pub cursor_column: Option<String>,
+    /// Mirror: go on when the source's columns changed in a way other than columns added at
+    /// the end (a dropped, renamed, retyped or moved column, or other key columns). Such a run
+    /// re-sends every row whose checksum changed. Off (the default), the run fails before
+    /// sending anything and says what changed.
+    #[serde(default)]
+    pub accept_schema_change: bool,
 }
 
 fn default_true() -> bool {
@@ -929,8 +982,14 @@ impl SyncSpec {
             webhook.check(&mut p, "sync.webhook");
         }
         self.check_mode(&mut p);
-        let mapping = resolve_mapping(&self.mapping, self.table_type, self.table_label(), &mut p);
-        let warnings = self.warnings();
+        let mut mapping =
+            resolve_mapping(&self.mapping, self.table_type, self.table_label(), &mut p);
+        if let Some(m) = mapping.as_mut() {
+            if self.mode == SyncMode::Mirror && m.key_columns.is_empty() {
+                m.key_columns = m.target.natural_key();
+            }
+        }
+        let warnings = self.warnings(mapping.as_ref());
         match mapping {
             Some(mapping) => p.finish(ValidSync { mapping, warnings }),
             None => Err(SpecErrors(p.0)),
@@ -948,9 +1007,9 @@ impl SyncSpec {
                 "sync.mode",
                 "profile history is only supported with mirror",
             ),
-            (SyncMode::Append | SyncMode::Mirror, TableType::LookupTable) => p.add(
+            (SyncMode::Append, TableType::LookupTable) => p.add(
                 "sync.mode",
-                "a lookup table is replaced whole on every run: use full or one_time",
+                "a lookup table is replaced whole: use full (every run), mirror (when anything changed) or one_time",
             ),
             _ => {}
         }
@@ -963,9 +1022,12 @@ impl SyncSpec {
             (_, Some(_)) => p.add("sync.cursor_column", "only used by append mode"),
             (_, None) => {}
         }
+        if self.accept_schema_change && self.mode != SyncMode::Mirror {
+            p.add("sync.accept_schema_change", "only used by mirror mode");
+        }
     }
 
-    fn warnings(&self) -> Vec<SpecWarning> {
+    fn warnings(&self, mapping: Option<&Mapping>) -> Vec<SpecWarning> {
         let mut out = Vec::new();
         let mut warn = |field: &str, message: &str| {
             out.push(SpecWarning {
@@ -974,7 +1036,10 @@ impl SyncSpec {
             })
         };
         let keyless = self.mapping.key_columns.is_empty();
-        if self.mode == SyncMode::Mirror && keyless {
+        // Mirror identifies a profile by its id (and a history row by id and start time) when
+        // no key columns are given: only tables without a natural key collapse rows.
+        let mirror_keyless = mapping.is_none_or(|m| m.key_columns.is_empty());
+        if self.mode == SyncMode::Mirror && mirror_keyless {
             warn(
                 "sync.mapping.key_columns",
                 "no key columns: rows identical in every column collapse to one, and an updated row is seen as a delete plus an insert",
@@ -989,7 +1054,7 @@ impl SyncSpec {
         if self.table_type == TableType::Events && self.mode == SyncMode::Mirror {
             warn(
                 "sync.mode",
-                "deleted rows cannot be removed from Mixpanel (its API has no per-event delete): they are counted as not applied and listed in the run log",
+                "deleted rows cannot be removed from Mixpanel (its API has no per-event delete): they are counted as not applied and listed in the run log (the bundled receiver applies them)",
             );
         }
         out
@@ -1041,13 +1106,11 @@ fn resolve_mapping(
         "device_id_column",
         m.device_id_column.is_some() && !is_events,
     );
-    not_for(
-        "group_key",
-        m.group_key.is_some() && table_type != TableType::GroupProfiles,
-    );
+    let uses_group = table_type == TableType::GroupProfiles || is_history;
+    not_for("group_key", m.group_key.is_some() && !uses_group);
     not_for(
         "group_id_column",
-        m.group_id_column.is_some() && table_type != TableType::GroupProfiles,
+        m.group_id_column.is_some() && !uses_group,
     );
     not_for(
         "lookup_table_id",
@@ -1178,12 +1241,42 @@ fn resolve_mapping(
             }
         }
         TableType::ProfileHistory => {
-            let distinct = required(
-                p,
-                "distinct_id_column",
-                &m.distinct_id_column,
-                "the column holding each profile's distinct id",
-            );
+            // A group's history names its group key and id column; a user's, its distinct id.
+            let profile = if m.group_key.is_some() || m.group_id_column.is_some() {
+                if m.distinct_id_column.is_some() {
+                    p.add(
+                        f("distinct_id_column"),
+                        "a group's history is identified by group_key and group_id_column, not a distinct id",
+                    );
+                }
+                let group_key = required(
+                    p,
+                    "group_key",
+                    &m.group_key,
+                    "the group key configured in the project (for a group's history)",
+                );
+                let group_id_column = required(
+                    p,
+                    "group_id_column",
+                    &m.group_id_column,
+                    "the column holding each group's id",
+                );
+                match (group_key, group_id_column) {
+                    (Some(group_key), Some(group_id_column)) => Some(HistoryOf::Group {
+                        group_key,
+                        group_id_column,
+                    }),
+                    _ => None,
+                }
+            } else {
+                required(
+                    p,
+                    "distinct_id_column",
+                    &m.distinct_id_column,
+                    "the column holding each profile's distinct id (or group_key and group_id_column for a group's history)",
+                )
+                .map(|distinct_id_column| HistoryOf::User { distinct_id_column })
+            };
             let time = time(required(
                 p,
                 "time_column",
@@ -1195,7 +1288,7 @@ fn resolve_mapping(
                     .event_name
                     .clone()
                     .unwrap_or_else(|| table_label.to_owned()),
-                distinct_id_column: distinct?,
+                profile: profile?,
                 time: time?,
             }
         }
@@ -1350,7 +1443,116 @@ mod tests {
             ok.mapping.target,
             Target::ProfileHistory { ref event_name, .. } if event_name == "public.orders"
         ));
-        assert!(ok.warnings.iter().any(|w| w.message.contains("collapse")));
+        // Without key columns a history row is identified by its id and start time, so rows
+        // do not collapse.
+        assert_eq!(ok.mapping.key_columns, vec!["user_id", "created_at"]);
+        assert!(!ok.warnings.iter().any(|w| w.message.contains("collapse")));
+    }
+
+    #[test]
+    fn mirror_keys_warnings_and_schema_changes() {
+        // Events without key columns: Mirror identifies rows by every column, and says so.
+        let mut events = sync(EVENTS);
+        events.mode = SyncMode::Mirror;
+        events.cursor_column = None;
+        events.mapping.key_columns.clear();
+        let ok = events.validate().unwrap();
+        assert!(ok.mapping.key_columns.is_empty());
+        assert!(
+            ok.warnings
+                .iter()
+                .any(|w| w.field == "sync.mapping.key_columns" && w.message.contains("collapse")),
+            "{:?}",
+            ok.warnings
+        );
+        // Profiles default to their id; lookup tables to their key; Full keeps none.
+        let base = |tt: &str, mode: &str, mapping: &str| {
+            sync(&format!(
+                "id='s'\ntenant='t'\nsource='src'\ntable='x'\ntable_type='{tt}'\nmode='{mode}'\n[mapping]\n{mapping}"
+            ))
+        };
+        let users = base("user_profiles", "mirror", "distinct_id_column='uid'")
+            .validate()
+            .unwrap();
+        assert_eq!(users.mapping.key_columns, vec!["uid"]);
+        assert!(users.warnings.is_empty(), "{:?}", users.warnings);
+        let full = base("user_profiles", "full", "distinct_id_column='uid'")
+            .validate()
+            .unwrap();
+        assert!(full.mapping.key_columns.is_empty());
+        let lookup = base(
+            "lookup_table",
+            "mirror",
+            "lookup_table_id='7'\nkey_column='k'",
+        )
+        .validate()
+        .unwrap();
+        assert_eq!(lookup.mapping.key_columns, vec!["k"]);
+        let err = base(
+            "lookup_table",
+            "append",
+            "lookup_table_id='7'\nkey_column='k'",
+        )
+        .validate()
+        .unwrap_err();
+        assert!(err.mentions("sync.mode"), "{err}");
+
+        // accept_schema_change belongs to mirror.
+        let mut spec = sync(EVENTS);
+        spec.accept_schema_change = true;
+        assert!(spec
+            .validate()
+            .unwrap_err()
+            .mentions("sync.accept_schema_change"));
+        let parsed = sync(&EVENTS.replace(
+            "mode = \"append\"\n        cursor_column = \"inserted_at\"",
+            "mode = \"mirror\"\n        accept_schema_change = true",
+        ));
+        assert!(parsed.accept_schema_change);
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn group_profile_history() {
+        let spec = sync(
+            "id='h'\ntenant='t'\nsource='src'\ntable='plan_history'\ntable_type='profile_history'\nmode='mirror'\n[mapping]\ngroup_key='company_id'\ngroup_id_column='company'\nstart_time_column='valid_from'",
+        );
+        let ok = spec.validate().unwrap();
+        assert_eq!(
+            ok.mapping.target,
+            Target::ProfileHistory {
+                event_name: "plan_history".into(),
+                profile: HistoryOf::Group {
+                    group_key: "company_id".into(),
+                    group_id_column: "company".into()
+                },
+                time: TimeSpec {
+                    column: "valid_from".into(),
+                    unit: TimeUnit::Auto
+                },
+            }
+        );
+        assert_eq!(ok.mapping.key_columns, vec!["company", "valid_from"]);
+        // A group's history takes no distinct id, and needs both group options.
+        let mut both = spec.clone();
+        both.mapping.distinct_id_column = Some("u".into());
+        assert!(both
+            .validate()
+            .unwrap_err()
+            .mentions("sync.mapping.distinct_id_column"));
+        let mut half = spec.clone();
+        half.mapping.group_id_column = None;
+        assert!(half
+            .validate()
+            .unwrap_err()
+            .mentions("sync.mapping.group_id_column"));
+        // group options stay refused where they mean nothing.
+        let mut events = sync(EVENTS);
+        events.mapping.group_key = Some("company_id".into());
+        assert!(events
+            .validate()
+            .unwrap_err()
+            .mentions("sync.mapping.group_key"));
     }
 
     #[test]

@@ -515,6 +515,97 @@ fn profile_history_events() {
 }
 
 #[test]
+fn group_profile_history_events_carry_the_group() {
+    let spec = sync(
+        "profile_history",
+        "mirror",
+        "group_key='company_id'\ngroup_id_column='company'\nstart_time_column='valid_from'",
+    );
+    let columns = vec![
+        col("company", ColumnKind::Text),
+        col("valid_from", ColumnKind::Date),
+        col("plan", ColumnKind::Text),
+    ];
+    let m = mapper(&spec, &columns);
+    let row = vec![
+        text("acme"),
+        Value::Date(NaiveDate::from_ymd_opt(2023, 2, 1).unwrap()),
+        text("pro"),
+    ];
+    let mut out = Vec::new();
+    m.encode_upsert(0, &row, Unset::Never, NOW, &mut out)
+        .unwrap();
+    let event = decode(&out[0]);
+    assert_eq!(event["properties"]["distinct_id"], "acme");
+    assert_eq!(event["properties"]["company_id"], "acme");
+    assert_eq!(event["properties"]["plan"], "pro");
+    assert!(event["properties"].get("company").is_none(), "{event}");
+    // Identified by group id and start time (the default Mirror key).
+    let other_time = vec![
+        text("acme"),
+        Value::Date(NaiveDate::from_ymd_opt(2023, 3, 1).unwrap()),
+        text("pro"),
+    ];
+    assert_ne!(m.insert_id(&row), m.insert_id(&other_time));
+    let changed_plan = vec![row[0].clone(), row[1].clone(), text("free")];
+    assert_eq!(m.insert_id(&row), m.insert_id(&changed_plan));
+}
+
+#[test]
+fn deleted_events_are_records_only_where_the_destination_deletes() {
+    let spec = sync(
+        "events",
+        "mirror",
+        "event_name='Order'\ntime_column='created_at'\ndistinct_id_column='user_id'\nkey_columns=['order_id']",
+    );
+    let columns = event_columns();
+    let row = vec![
+        Value::Int(7),
+        text("u1"),
+        ts("2023-05-01T00:00:00Z"),
+        Value::Int(100),
+        Value::Null,
+        Value::Null,
+        text("s"),
+    ];
+    let plain = mapper(&spec, &columns);
+    assert!(plain.deletes_events() && !plain.event_deletes());
+    let mut out = Vec::new();
+    let err = plain.encode_delete(3, &row, &mut out).unwrap_err();
+    assert!(err.message.contains("not applied"), "{err}");
+    assert!(out.is_empty());
+
+    let deleting = mapper(&spec, &columns).with_event_deletes(true);
+    deleting.encode_delete(3, &row, &mut out).unwrap();
+    let mut upsert = Vec::new();
+    deleting
+        .encode_upsert(3, &row, Unset::Never, NOW, &mut upsert)
+        .unwrap();
+    assert_eq!(out[0].kind, RecordKind::EventDelete);
+    // The delete names exactly the event that was sent: same dedup key.
+    let (sent, delete) = (decode(&upsert[0]), decode(&out[0]));
+    for field in ["time", "distinct_id", "$insert_id"] {
+        assert_eq!(
+            sent["properties"][field], delete["properties"][field],
+            "{field}"
+        );
+    }
+    assert_eq!(sent["event"], delete["event"]);
+
+    // Profiles are deleted with $delete whatever the destination.
+    let users = sync("user_profiles", "mirror", "distinct_id_column='id'");
+    let m = mapper(
+        &users,
+        &[col("id", ColumnKind::Text), col("plan", ColumnKind::Text)],
+    );
+    assert!(!m.deletes_events());
+    let mut out = Vec::new();
+    m.encode_delete(0, &[text("u1"), text("pro")], &mut out)
+        .unwrap();
+    assert!(decode(&out[0]).get("$delete").is_some());
+}
+
+#[test]
 fn lookup_csv_round_trips_through_the_parser() {
     let spec = sync(
         "lookup_table",
