@@ -17,6 +17,11 @@
 //! Secrets Manager ARN, `DbUser` or the IAM identity, each mapped to a PostgreSQL login so a wrong
 //! secret fails at login as it would on Redshift.
 //!
+//! Translation: none, except the two Redshift-only constructs Ferry's Mirror SQL needs
+//! (`DISTKEY`/`SORTKEY`/`DISTSTYLE` table attributes are dropped, `JSON_SERIALIZE(x)` becomes a
+//! cast to text; see [`sql::translate`]). Everything else the connector sends is SQL valid on both
+//! Redshift and PostgreSQL, and runs unchanged.
+//!
 //! What it cannot prove (see `README.md` beside this crate):
 //! - **SigV4 signatures are not verified**: the `Authorization` header must be present and
 //!   well-formed for the `redshift-data` service, but no secret key is checked.

@@ -380,7 +380,7 @@ fn execute(
     }
     let bound = sqls
         .iter()
-        .map(|s| sql::bind(s, &parameters))
+        .map(|s| sql::bind(&sql::translate(s), &parameters))
         .collect::<Result<Vec<_>, _>>()?;
     let fingerprint = json!({
         "batch": batch,

@@ -112,6 +112,140 @@ pub fn bind(sql: &str, parameters: &[(String, String)]) -> Result<Bound, ApiErro
     })
 }
 
+/// The two Redshift-only constructs Ferry's connector sends, rewritten for PostgreSQL (the
+/// only translation the stand-in does; everything else must already be valid on both):
+///
+/// - table attributes of `CREATE TABLE … AS`: `DISTKEY(…)`, `SORTKEY(…)` (also `COMPOUND` /
+///   `INTERLEAVED`) and `DISTSTYLE <style>` are dropped (PostgreSQL has no distribution);
+/// - `JSON_SERIALIZE(x)` (SUPER to its JSON text) becomes `CAST((x) AS text)` (`jsonb` plays
+///   SUPER here, and prints its own normalised JSON).
+pub fn translate(sql: &str) -> String {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    // Closing parentheses of rewritten JSON_SERIALIZE calls still to come, by depth.
+    let mut depth = 0usize;
+    let mut closers: Vec<usize> = Vec::new();
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' || c == '"' {
+            let end = skip_quoted(&chars, i);
+            out.extend(&chars[i..end]);
+            i = end;
+            continue;
+        }
+        if c == '(' {
+            depth += 1;
+        } else if c == ')' {
+            if closers.last() == Some(&depth) {
+                closers.pop();
+                out.push_str(") AS text)");
+                depth = depth.saturating_sub(1);
+                i += 1;
+                continue;
+            }
+            depth = depth.saturating_sub(1);
+        }
+        let word_start = (c.is_ascii_alphabetic() || c == '_')
+            && (i == 0 || !(chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_'));
+        if word_start {
+            let mut end = i;
+            while end < chars.len() && (chars[end].is_ascii_alphanumeric() || chars[end] == '_') {
+                end += 1;
+            }
+            let word: String = chars[i..end].iter().collect::<String>().to_ascii_uppercase();
+            let after = skip_space(&chars, end);
+            match word.as_str() {
+                "DISTKEY" | "SORTKEY" if chars.get(after) == Some(&'(') => {
+                    i = skip_space(&chars, skip_parens(&chars, after));
+                    continue;
+                }
+                "COMPOUND" | "INTERLEAVED" => {
+                    let next = word_at(&chars, after);
+                    if next.eq_ignore_ascii_case("SORTKEY") {
+                        i = after;
+                        continue;
+                    }
+                }
+                "DISTSTYLE" => {
+                    let style = word_at(&chars, after);
+                    i = skip_space(&chars, after + style.len());
+                    continue;
+                }
+                "JSON_SERIALIZE" if chars.get(after) == Some(&'(') => {
+                    out.push_str("CAST((");
+                    depth += 1;
+                    closers.push(depth);
+                    i = after + 1;
+                    continue;
+                }
+                _ => {}
+            }
+            out.push_str(&chars[i..end].iter().collect::<String>());
+            i = end;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// The index after the quoted literal or identifier starting at `start`.
+fn skip_quoted(chars: &[char], start: usize) -> usize {
+    let q = chars[start];
+    let mut i = start + 1;
+    while i < chars.len() {
+        if chars[i] == q {
+            if chars.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn skip_space(chars: &[char], mut i: usize) -> usize {
+    while i < chars.len() && chars[i].is_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// The index after the parenthesised group starting at `start` (an opening parenthesis).
+fn skip_parens(chars: &[char], start: usize) -> usize {
+    let mut depth = 0;
+    let mut i = start;
+    while i < chars.len() {
+        match chars[i] {
+            '\'' | '"' => {
+                i = skip_quoted(chars, i);
+                continue;
+            }
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+fn word_at(chars: &[char], i: usize) -> String {
+    chars[i.min(chars.len())..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +271,24 @@ mod tests {
         assert_eq!(b.values, vec!["5".to_string(), "o'k".to_string()]);
         let b = bind("SELECT 'it''s :x' || :v", &p(&[("v", "1")])).unwrap();
         assert_eq!(b.sql, "SELECT 'it''s :x' || $1");
+    }
+
+    #[test]
+    fn redshift_table_attributes_and_json_serialize_are_rewritten() {
+        assert_eq!(
+            translate("CREATE TABLE \"s\".\"t\" DISTKEY(\"_mp_key_hash\") SORTKEY(\"_mp_key_hash\") AS SELECT 1"),
+            "CREATE TABLE \"s\".\"t\" AS SELECT 1"
+        );
+        assert_eq!(
+            translate("create table t diststyle even compound sortkey(a, b) as select 'DISTKEY(x)'"),
+            "create table t as select 'DISTKEY(x)'"
+        );
+        assert_eq!(
+            translate("SELECT coalesce(JSON_SERIALIZE(src.\"p\") || chr(30), ''), json_serialize(f(x, (y)))"),
+            "SELECT coalesce(CAST((src.\"p\") AS text) || chr(30), ''), CAST((f(x, (y))) AS text)"
+        );
+        let plain = "SELECT \"distkey\", sortkey_col FROM t WHERE a = ')'";
+        assert_eq!(translate(plain), plain);
     }
 
     #[test]

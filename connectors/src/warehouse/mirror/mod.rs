@@ -150,6 +150,10 @@ pub fn open_mirror_warehouse(
         SourceKind::Postgres(options) => Ok(Arc::new(super::postgres::PostgresWarehouse::new(
             options.clone(),
         ))),
+        #[cfg(feature = "warehouse-redshift")]
+        SourceKind::Redshift(options) => Ok(Arc::new(super::redshift::RedshiftWarehouse::new(
+            (**options).clone(),
+        ))),
         #[allow(unreachable_patterns)]
         other => Err(WarehouseError::Config(format!(
             "source '{}': mirror mode is not available for {} sources in this build",

@@ -18,6 +18,7 @@
 //! (`tests/redshift-standin`) runs it unchanged.
 
 pub mod error;
+pub mod mirror;
 pub mod statement;
 pub mod types;
 
@@ -110,14 +111,6 @@ impl RedshiftWarehouse {
 
     pub fn options(&self) -> &RedshiftOptions {
         &self.options
-    }
-
-    pub(crate) fn context(&self) -> &Context {
-        &self.context
-    }
-
-    pub(crate) fn poll(&self) -> &PollPolicy {
-        &self.settings.poll
     }
 
     /// The SDK client, built once (loading credentials and settings) on first use.
