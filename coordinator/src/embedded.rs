@@ -545,5 +545,7 @@ impl Reader {
     }
 }
 
+mod catalog;
+
 #[cfg(test)]
 mod tests;

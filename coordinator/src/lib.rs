@@ -7,12 +7,14 @@
 //! same to the pipeline; a typed, classified error there would let the supervisor stop at once
 //! on `Fenced` and retry on `Unavailable`.
 
+pub mod catalog;
 pub mod cluster;
 pub mod embedded;
 pub mod keys;
 pub mod records;
 pub mod runner;
 pub mod schedule;
+pub mod secrets;
 pub mod sink;
 pub mod store;
 
