@@ -411,3 +411,165 @@ async fn publish_load(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant as StdInstant;
+
+    use super::*;
+    use crate::cluster::connection::testing;
+
+    fn settings(node: &str, ttl_secs: u64) -> MembershipSettings {
+        let mut s = MembershipSettings::new(node, format!("127.0.0.1:7{node}"), 4);
+        s.ttl = Duration::from_secs(ttl_secs);
+        s
+    }
+
+    async fn record_of(client: &Client, node: &str) -> Option<NodeRecord> {
+        list_nodes(client)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.node_id == node)
+    }
+
+    async fn wait_lost(liveness: &mut watch::Receiver<Liveness>, within: Duration) -> Duration {
+        let start = StdInstant::now();
+        tokio::time::timeout(within, liveness.wait_for(|l| *l == Liveness::Lost))
+            .await
+            .expect("the kill switch did not trip in time")
+            .unwrap();
+        start.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registration_is_visible_load_is_published_and_leaving_removes_it() {
+        let Some((_etcd, etcd_settings)) = testing::start() else {
+            return;
+        };
+        let client = etcd_settings.connect().await.unwrap();
+        let member = Membership::start(client.clone(), settings("11", 4)).unwrap();
+        let lease = member.wait_live(Duration::from_secs(5)).await.unwrap();
+        let record = record_of(&client, "11").await.unwrap();
+        assert_eq!(
+            (record.address.as_str(), record.capacity, record.lease, record.load),
+            ("127.0.0.1:711", 4, lease, 0)
+        );
+
+        member.set_load(3);
+        let mut load = 0;
+        for _ in 0..50 {
+            load = record_of(&client, "11").await.unwrap().load;
+            if load == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(load, 3);
+
+        member.leave().await;
+        assert_eq!(
+            record_of(&client, "11").await,
+            None,
+            "leaving revokes the lease at once"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_down_trips_the_kill_switch_before_the_lease_can_end_and_recovery_takes_a_new_lease(
+    ) {
+        let Some((mut etcd, etcd_settings)) = testing::start() else {
+            return;
+        };
+        let client = etcd_settings.connect().await.unwrap();
+        let s = settings("21", 3);
+        let member = Membership::start(client.clone(), s.clone()).unwrap();
+        let first = member.wait_live(Duration::from_secs(5)).await.unwrap();
+        let mut liveness = member.liveness();
+        // Let a few renewals happen, so the switch is measured from a steady state.
+        tokio::time::sleep(s.ttl).await;
+        assert_eq!(*liveness.borrow_and_update(), Liveness::Live { lease: first });
+
+        etcd.kill().unwrap();
+        let tripped = wait_lost(&mut liveness, s.ttl).await;
+        println!("kill switch tripped {tripped:?} after etcd died (TTL {:?})", s.ttl);
+        assert!(
+            tripped <= s.lost_after() + Duration::from_millis(500),
+            "tripped after {tripped:?}; the lease could end {:?} after the last renewal",
+            s.ttl
+        );
+
+        etcd.restart().unwrap();
+        let second = member.wait_live(Duration::from_secs(10)).await.unwrap();
+        assert_ne!(second, first, "a new lease after recovery");
+        assert_eq!(record_of(&client, "21").await.unwrap().lease, second);
+        let old = client
+            .clone()
+            .lease_time_to_live(first, None)
+            .await
+            .unwrap();
+        assert!(old.ttl() <= 0, "the old lease was revoked: ttl {}", old.ttl());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_etcd_trips_the_kill_switch_too() {
+        let Some((etcd, etcd_settings)) = testing::start() else {
+            return;
+        };
+        let client = etcd_settings.connect().await.unwrap();
+        let s = settings("31", 2);
+        let member = Membership::start(client.clone(), s.clone()).unwrap();
+        let first = member.wait_live(Duration::from_secs(5)).await.unwrap();
+        let mut liveness = member.liveness();
+        liveness.borrow_and_update();
+
+        // SIGSTOP: the connection stays open but nothing answers, as in a partition.
+        etcd.pause().unwrap();
+        let tripped = wait_lost(&mut liveness, s.ttl * 2).await;
+        etcd.resume().unwrap();
+        assert!(
+            tripped <= s.lost_after() + Duration::from_millis(500),
+            "tripped after {tripped:?}"
+        );
+        let second = member.wait_live(Duration::from_secs(10)).await.unwrap();
+        assert_ne!(second, first);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_stops_renewing_vanishes_after_its_ttl() {
+        let Some((_etcd, etcd_settings)) = testing::start() else {
+            return;
+        };
+        let client = etcd_settings.connect().await.unwrap();
+        let s = settings("41", 2);
+        let member = Membership::start(client.clone(), s.clone()).unwrap();
+        member.wait_live(Duration::from_secs(5)).await.unwrap();
+        // The process "dies": renewals stop, nothing is revoked.
+        drop(member);
+        let died = StdInstant::now();
+        assert!(record_of(&client, "41").await.is_some());
+        while record_of(&client, "41").await.is_some() {
+            assert!(
+                died.elapsed() < s.ttl + Duration::from_secs(2),
+                "the node record outlived its lease"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("node record gone {:?} after renewals stopped (TTL {:?})", died.elapsed(), s.ttl);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let mut s = MembershipSettings::new("a/b", "x", 1);
+        assert!(s.validate().is_err());
+        s.node_id = "n".into();
+        s.ttl = Duration::from_millis(2500);
+        assert!(s.validate().is_err());
+        s.ttl = Duration::from_secs(10);
+        assert!(s.validate().is_ok());
+        assert_eq!(
+            (s.keep_alive_every(), s.lost_after()),
+            (Duration::from_secs(10) / 3, Duration::from_secs(5))
+        );
+    }
+}

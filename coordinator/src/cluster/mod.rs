@@ -14,6 +14,8 @@ pub mod placement;
 #[cfg(feature = "etcd")]
 pub mod connection;
 #[cfg(feature = "etcd")]
+pub mod election;
+#[cfg(feature = "etcd")]
 pub mod etcd_store;
 #[cfg(feature = "etcd")]
 pub mod membership;
