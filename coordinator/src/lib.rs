@@ -11,12 +11,14 @@ pub mod catalog;
 pub mod cluster;
 pub mod embedded;
 pub mod keys;
+pub mod notify;
 pub mod records;
 pub mod runner;
 pub mod schedule;
 pub mod secrets;
 pub mod sink;
 pub mod store;
+pub mod trigger_http;
 
 pub use embedded::{EmbeddedSettings, EmbeddedStore};
 pub use records::{CursorRecord, Owner, RunCounts, RunErrorEntry, RunRecord, RunState, SyncId};
