@@ -42,7 +42,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(
+    pub fn connect(
         endpoint: &str,
         token: Option<String>,
         timeout: Duration,
@@ -72,11 +72,9 @@ impl Client {
             .map_err(|e| CliError::usage(format!("--endpoint {endpoint}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             .tcp_nodelay(true);
-        let channel = match tokio::time::timeout(timeout, ep.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => return Err(ctx.unreachable(error_chain(&e))),
-            Err(_) => return Err(ctx.timed_out()),
-        };
+        // Connected on the first call, so a bad command line or file is reported before any
+        // network error; a refused connection then comes back as UNAVAILABLE.
+        let channel = ep.connect_lazy();
         Ok(Self { channel, auth, ctx })
     }
 
@@ -123,19 +121,4 @@ impl Client {
     pub fn runs(&self) -> RunsClient<Channel> {
         RunsClient::new(self.channel.clone())
     }
-}
-
-/// `transport error: tcp connect error: Connection refused (os error 111)`: tonic's own
-/// message says little; its sources say what happened.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }

@@ -113,7 +113,7 @@ impl CallContext {
                 format!("changed concurrently: {msg} (read it again and retry)"),
             ),
             Code::ResourceExhausted => (ExitKind::Error, format!("rate limited: {msg}")),
-            Code::Unavailable => return self.unreachable(unavailable_detail(msg)),
+            Code::Unavailable => return self.unreachable(unavailable_detail(status)),
             Code::DeadlineExceeded => return self.timed_out(),
             Code::Unimplemented => (
                 ExitKind::Error,
@@ -129,11 +129,25 @@ impl CallContext {
     }
 }
 
-fn unavailable_detail(msg: &str) -> &str {
-    if msg.is_empty() {
-        "the node is unavailable"
+/// tonic's message for a failed connection says little (`tcp connect error`); the error's
+/// sources say what happened (`Connection refused (os error 111)`).
+fn unavailable_detail(status: &Status) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !status.message().trim().is_empty() {
+        parts.push(status.message().trim().to_owned());
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        "the node is unavailable".to_owned()
     } else {
-        msg
+        parts.join(": ")
     }
 }
 

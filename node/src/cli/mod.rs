@@ -88,9 +88,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    async fn connect(&self) -> Result<Client, CliError> {
+    fn connect(&self) -> Result<Client, CliError> {
         let token = client::read_token(self.token_file.as_ref())?;
-        Client::connect(&self.endpoint, token, self.timeout).await
+        Client::connect(&self.endpoint, token, self.timeout)
     }
 
     /// The tenant for requests that name one (empty: the token's own).

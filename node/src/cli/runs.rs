@@ -42,7 +42,7 @@ pub enum RunsCommand {
 }
 
 pub async fn run(conn: &Connection, command: RunsCommand) -> Result<(), CliError> {
-    let client = conn.connect().await?;
+    let client = conn.connect()?;
     let out = conn.output;
     let tenant = conn.tenant();
     match command {

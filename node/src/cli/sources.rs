@@ -26,9 +26,11 @@ pub enum SourcesCommand {
         #[arg(long, short = 'f', value_name = "PATH")]
         file: Option<PathBuf>,
     },
+    /// One source (credentials are never shown, only whether they are set).
     Get {
         id: String,
     },
+    /// The tenant's sources.
     List,
     /// Change a source (tested like create): the flags given, or the file as the whole source.
     Update {
@@ -274,7 +276,7 @@ fn source_fields(s: &pb::Source) -> String {
 }
 
 pub async fn run(conn: &Connection, command: SourcesCommand) -> Result<(), CliError> {
-    let client = conn.connect().await?;
+    let client = conn.connect()?;
     let out = conn.output;
     let tenant = conn.tenant();
     match command {

@@ -25,9 +25,11 @@ pub enum SyncsCommand {
         #[arg(long, short = 'f', value_name = "PATH")]
         file: Option<PathBuf>,
     },
+    /// One sync with its mapping, schedule and trigger URL.
     Get {
         id: String,
     },
+    /// The tenant's syncs.
     List {
         /// Only the syncs of this source.
         #[arg(long)]
@@ -45,6 +47,7 @@ pub enum SyncsCommand {
     Pause {
         id: String,
     },
+    /// Let the schedule and triggers run the sync again.
     Resume {
         id: String,
     },
@@ -358,7 +361,7 @@ fn dry_run_text(id: &str, d: &pb::DryRunResponse) -> String {
 }
 
 pub async fn run(conn: &Connection, command: SyncsCommand) -> Result<(), CliError> {
-    let client = conn.connect().await?;
+    let client = conn.connect()?;
     let out = conn.output;
     let tenant = conn.tenant();
     match command {

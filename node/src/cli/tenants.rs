@@ -23,9 +23,11 @@ pub enum TenantsCommand {
         #[arg(long, short = 'f', value_name = "PATH")]
         file: Option<PathBuf>,
     },
+    /// One tenant (credentials are never shown, only whether they are set).
     Get {
         id: String,
     },
+    /// Every tenant (the operator) or the token's own.
     List,
     /// Change a tenant: the flags given (or the file, as the whole tenant) replace what is stored.
     Update {
@@ -140,7 +142,9 @@ pub enum TokensCommand {
         #[arg(long)]
         name: String,
     },
+    /// The tenant's tokens (their public prefix, never the secret).
     List,
+    /// Revoke a token: it is refused from then on.
     Revoke {
         /// The token's id (see `tokens list`).
         id: String,
@@ -215,7 +219,7 @@ fn credentials_text(c: Option<&pb::Credentials>) -> String {
 }
 
 pub async fn run_tenants(conn: &Connection, command: TenantsCommand) -> Result<(), CliError> {
-    let client = conn.connect().await?;
+    let client = conn.connect()?;
     let out = conn.output;
     match command {
         TenantsCommand::Create { id, flags, file } => {
@@ -336,7 +340,7 @@ pub async fn run_tenants(conn: &Connection, command: TenantsCommand) -> Result<(
 }
 
 pub async fn run_tokens(conn: &Connection, command: TokensCommand) -> Result<(), CliError> {
-    let client = conn.connect().await?;
+    let client = conn.connect()?;
     let out = conn.output;
     let tenant = conn.tenant();
     match command {
