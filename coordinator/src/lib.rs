@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod embedded;
 pub mod keys;
 pub mod notify;
+pub mod mirror;
 pub mod records;
 pub mod runner;
 pub mod schedule;

@@ -126,6 +126,12 @@ pub struct RunCounts {
     pub rows_invalid: u64,
     pub records_refused: u64,
     pub cursor_commits: u64,
+    /// Mirror: the changes the run's diff found, and deleted events the destination could not
+    /// delete (Mixpanel has no per-event delete; each is listed in the run's errors).
+    pub changes_inserted: u64,
+    pub changes_updated: u64,
+    pub changes_deleted: u64,
+    pub deletes_not_applied: u64,
 }
 
 impl RunCounts {
@@ -138,6 +144,10 @@ impl RunCounts {
             rows_invalid: progress.rows_invalid.load(Ordering::Relaxed),
             records_refused: progress.records_refused.load(Ordering::Relaxed),
             cursor_commits: progress.cursor_commits.load(Ordering::Relaxed),
+            changes_inserted: progress.changes_inserted.load(Ordering::Relaxed),
+            changes_updated: progress.changes_updated.load(Ordering::Relaxed),
+            changes_deleted: progress.changes_deleted.load(Ordering::Relaxed),
+            deletes_not_applied: progress.deletes_not_applied.load(Ordering::Relaxed),
         }
     }
 }

@@ -6,7 +6,7 @@
 //!   spec validation); nothing is remembered between runs.
 //! - One-time: the whole table once; nothing is remembered afterwards.
 //! - Lookup tables are read whole into a CSV and replaced all-or-nothing.
-//! - Mirror and profile history are refused here until the Mirror engine lands.
+//! - Mirror (and profile history, which is Mirror only) runs in [`crate::mirror`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use ferry_connectors::warehouse::{
 };
 use ferry_core::error::{Classify, ErrorClass};
 use ferry_core::mapping::{ImportContext, LookupCsvWriter, RowMapper};
-use ferry_core::spec::{SourceSpec, SpecErrors, SyncMode, SyncSpec, TableType, Target, TenantSpec};
+use ferry_core::spec::{SourceSpec, SpecErrors, SyncMode, SyncSpec, Target, TenantSpec};
 use futures_util::future::BoxFuture;
 use ractor::Actor;
 use tokio::sync::{mpsc, oneshot};
@@ -79,8 +79,6 @@ enum ExecError {
     Destination(#[from] MixpanelError),
     #[error("state store: {0}")]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("{0}")]
     Pipeline(String),
 }
@@ -205,10 +203,19 @@ impl SyncRunner {
         progress: Arc<RunProgress>,
     ) -> Result<(u32, Vec<RunRowError>, Option<String>), (u32, Vec<RunRowError>, String)> {
         let fail = |e: ExecError| (1, Vec::new(), e.to_string());
-        if matches!(sync.mode, SyncMode::Mirror) || sync.table_type == TableType::ProfileHistory {
-            return Err(fail(ExecError::Unsupported(
-                "mirror mode (and profile history) is not available in this build yet".into(),
-            )));
+        if sync.mode == SyncMode::Mirror {
+            return crate::mirror::run(crate::mirror::MirrorRun {
+                store: self.store.clone(),
+                settings: &self.settings,
+                tenant,
+                source,
+                sync,
+                mapping,
+                fence,
+                run,
+                progress,
+            })
+            .await;
         }
         let warehouse = open_warehouse(source).map_err(|e| fail(e.into()))?;
         let read_from = read_source(sync);
