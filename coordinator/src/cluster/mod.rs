@@ -12,6 +12,8 @@ pub mod keys;
 pub mod placement;
 
 #[cfg(feature = "etcd")]
+pub mod assigner;
+#[cfg(feature = "etcd")]
 pub mod connection;
 #[cfg(feature = "etcd")]
 pub mod election;
