@@ -27,6 +27,7 @@
 //! is not at hand: unsetting an absent property is harmless). Updates carry `$ignore_time`
 //! (a sync is not user activity) and `$ip: 0` (no geolocation from Ferry's own address).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde_json::{Map, Value as Json};
@@ -403,10 +404,32 @@ impl RowMapper {
 
     /// Maps an events (or profile-history) row to `{"event", "properties"}`, unvalidated.
     pub fn map_event(&self, row_index: u64, row: &[Value]) -> Result<Json, RowError> {
-        let plan = &self.plan;
+        let mut parsed = None;
+        let gathered = self.gather_event(row_index, row, &mut parsed)?;
+        // Inserted in order: a later property wins a name conflict.
         let mut props = Map::new();
+        for entry in gathered.props {
+            props.insert(entry.key.to_owned(), entry.value.into_json());
+        }
+        let mut event = Map::new();
+        event.insert("event".into(), Json::String(gathered.name.into_owned()));
+        event.insert("properties".into(), Json::Object(props));
+        Ok(Json::Object(event))
+    }
+
+    /// An event row's properties in the order the module docs give (of two with one name, the
+    /// later is the property), and its event name. `parsed` holds a JSON properties column
+    /// that arrived as text, for the properties to borrow from.
+    fn gather_event<'a>(
+        &'a self,
+        row_index: u64,
+        row: &'a [Value],
+        parsed: &'a mut Option<Map<String, Json>>,
+    ) -> Result<GatheredEvent<'a>, RowError> {
+        let plan = &self.plan;
+        let mut props = Vec::with_capacity(plan.properties.len() + 24);
         if let Some(i) = plan.properties_column {
-            self.flatten_json(row_index, row, i, &mut props)?;
+            self.flatten_json(row_index, row, i, parsed, &mut props)?;
         }
         for (i, name) in &plan.properties {
             let value = cell(row, *i);
@@ -423,12 +446,12 @@ impl RowMapper {
                     ));
                 }
             }
-            props.insert(name.clone(), value.to_property());
+            push_prop(&mut props, name, Prop::Cell(value));
         }
         if let Some((i, unit)) = plan.time {
             let ms = time_millis(cell(row, i), unit)
                 .map_err(|m| self.row_error(row_index, row, &self.column_names[i], &m))?;
-            props.insert("time".into(), Json::from(ms));
+            push_prop(&mut props, "time", Prop::Int(ms));
         }
         for (slot, name) in [
             (plan.distinct_id, "distinct_id"),
@@ -437,35 +460,34 @@ impl RowMapper {
         ] {
             if let Some(i) = slot {
                 if let Some(id) = cell(row, i).to_id_string() {
-                    props.insert(name.into(), Json::String(id));
+                    push_prop(&mut props, name, Prop::Str(id));
                 }
             }
         }
         if let (MapperKind::History, Some((group_key, i))) = (self.kind, &plan.group) {
             if let Some(id) = cell(row, *i).to_id_string() {
-                props.insert(group_key.clone(), Json::String(id));
+                push_prop(&mut props, group_key, Prop::Str(id));
             }
         }
-        props.insert("$insert_id".into(), Json::String(self.insert_id(row)));
+        push_prop(&mut props, "$insert_id", Prop::Str(self.insert_id(row)));
         for (name, value) in &self.hidden {
-            props.insert((*name).into(), value.clone());
+            push_prop(&mut props, name, Prop::Json(value));
         }
         let name = match &plan.event_name {
-            Some(PlanName::Static(name)) => name.clone(),
-            Some(PlanName::Column(i)) => cell(row, *i).to_id_string().ok_or_else(|| {
-                self.row_error(
-                    row_index,
-                    row,
-                    &self.column_names[*i],
-                    "the event name is NULL or not text",
-                )
-            })?,
-            None => String::new(),
+            Some(PlanName::Static(name)) => Cow::Borrowed(name.as_str()),
+            Some(PlanName::Column(i)) => {
+                Cow::Owned(cell(row, *i).to_id_string().ok_or_else(|| {
+                    self.row_error(
+                        row_index,
+                        row,
+                        &self.column_names[*i],
+                        "the event name is NULL or not text",
+                    )
+                })?)
+            }
+            None => Cow::Borrowed(""),
         };
-        let mut event = Map::new();
-        event.insert("event".into(), Json::String(name));
-        event.insert("properties".into(), Json::Object(props));
-        Ok(Json::Object(event))
+        Ok(GatheredEvent { props, name })
     }
 
     /// Maps a profile row to its id, `$set` and NULL properties.
@@ -485,7 +507,12 @@ impl RowMapper {
         };
         let mut set = Map::new();
         if let Some(i) = plan.properties_column {
-            self.flatten_json(row_index, row, i, &mut set)?;
+            let mut parsed = None;
+            let mut entries = Vec::new();
+            self.flatten_json(row_index, row, i, &mut parsed, &mut entries)?;
+            for entry in entries {
+                set.insert(entry.key.to_owned(), entry.value.into_json());
+            }
         }
         let mut null_properties = Vec::new();
         for (i, name) in &plan.properties {
@@ -605,6 +632,22 @@ impl RowMapper {
         row: &[Value],
         now_ms: i64,
     ) -> Result<EncodedRecord, RowError> {
+        // Same bytes, without building the event as a JSON object; it steps aside for every
+        // row that validation would refuse or change.
+        if let Some(record) = self.encode_event_direct(row, now_ms) {
+            return Ok(record);
+        }
+        self.encode_event_general(row_index, row, now_ms)
+    }
+
+    /// The definition of an encoded event: mapped, validated by the receiver's rules,
+    /// serialized.
+    fn encode_event_general(
+        &self,
+        row_index: u64,
+        row: &[Value],
+        now_ms: i64,
+    ) -> Result<EncodedRecord, RowError> {
         let mut event = self.map_event(row_index, row)?;
         // The size is checked on the serialized bytes below, so validation gets 0 here.
         let accepted = validate_event(&mut event, 0, &self.rules, now_ms)
@@ -681,39 +724,36 @@ impl RowMapper {
         Ok(json)
     }
 
-    fn flatten_json(
-        &self,
+    fn flatten_json<'a>(
+        &'a self,
         row_index: u64,
-        row: &[Value],
+        row: &'a [Value],
         i: usize,
-        props: &mut Map<String, Json>,
+        parsed: &'a mut Option<Map<String, Json>>,
+        props: &mut Vec<PropEntry<'a>>,
     ) -> Result<(), RowError> {
-        let parsed;
         let object = match cell(row, i) {
             Value::Null => return Ok(()),
             Value::Json(Json::Object(map)) => map,
             Value::Text(text) => match serde_json::from_str::<Json>(text) {
-                Ok(Json::Object(map)) => {
-                    parsed = map;
-                    &parsed
-                }
+                Ok(Json::Object(map)) => &*parsed.insert(map),
                 _ => return self.malformed_json(row_index, row, i, props),
             },
             _ => return self.malformed_json(row_index, row, i, props),
         };
         for (k, v) in object {
-            props.insert(k.clone(), v.clone());
+            push_prop(props, k, Prop::Json(v));
         }
         Ok(())
     }
 
     /// Strict: a per-row error. Lenient: the raw value is kept under the column's name.
-    fn malformed_json(
-        &self,
+    fn malformed_json<'a>(
+        &'a self,
         row_index: u64,
-        row: &[Value],
+        row: &'a [Value],
         i: usize,
-        props: &mut Map<String, Json>,
+        props: &mut Vec<PropEntry<'a>>,
     ) -> Result<(), RowError> {
         let name = &self.column_names[i];
         if self.strict {
@@ -724,7 +764,7 @@ impl RowMapper {
                 "the properties column does not hold a JSON object",
             ));
         }
-        props.insert(name.clone(), cell(row, i).to_property());
+        push_prop(props, name, Prop::Cell(cell(row, i)));
         Ok(())
     }
 
@@ -1107,6 +1147,10 @@ fn lookup_cell(value: &Value) -> String {
 fn list_cell(items: impl Iterator<Item = String>) -> String {
     Json::Array(items.map(Json::String).collect()).to_string()
 }
+
+mod direct;
+
+use direct::{push_prop, GatheredEvent, Prop, PropEntry};
 
 #[cfg(test)]
 mod tests;

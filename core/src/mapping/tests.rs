@@ -722,3 +722,131 @@ fn lookup_writer_checks_its_columns() {
         "{err}"
     );
 }
+
+/// The direct event writer must give byte for byte what the general path (map, validate,
+/// serialize) gives, and step aside wherever validation refuses or changes a row.
+#[test]
+fn direct_event_encoding_matches_the_general_path() {
+    let columns = vec![
+        col("id", ColumnKind::Int),
+        col("user_id", ColumnKind::Text),
+        col("device", ColumnKind::Text),
+        col("name", ColumnKind::Text),
+        col("at", ColumnKind::Timestamp),
+        col("f", ColumnKind::Float),
+        col("d", ColumnKind::Decimal),
+        col("b", ColumnKind::Bytes),
+        col("u", ColumnKind::Uuid),
+        col("day", ColumnKind::Date),
+        col("naive", ColumnKind::TimestampNaive),
+        col("list", ColumnKind::Array),
+        col("j", ColumnKind::Json),
+        col("flag", ColumnKind::Bool),
+        col("s", ColumnKind::Text),
+        col("props", ColumnKind::Json),
+    ];
+    let spec = sync(
+        "events",
+        "mirror",
+        r#"
+event_name_column = "name"
+time_column = "at"
+distinct_id_column = "user_id"
+device_id_column = "device"
+properties_column = "props"
+key_columns = ["id"]
+renames = { s = "page" }
+"#,
+    );
+    let m = mapper(&spec, &columns);
+    let base = |i: i64| -> Vec<Value> {
+        vec![
+            Value::Int(i),
+            text(&format!("user-{i}")),
+            text("dev-1"),
+            text("Page Viewed"),
+            ts("2023-11-14T10:00:00.250+01:00"),
+            Value::Float(1.5),
+            Value::Decimal("12.50".into()),
+            Value::Bytes(vec![0, 1, 255]),
+            Value::Uuid(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef)),
+            Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
+            Value::TimestampNaive(NaiveDate::from_ymd_opt(2024, 1, 2).unwrap().and_hms_milli_opt(3, 4, 5, 6).unwrap()),
+            Value::Array(vec![Value::Int(1), text("a"), Value::Null]),
+            Value::Json(json!({"a": {"b": {"c": 1}}, "list": [1, "x", null]})),
+            Value::Bool(true),
+            text("/pricing"),
+            Value::Json(json!({"plan": "pro", "page": "from json", "time": 1, "$import": false, "w": 2.5})),
+        ]
+    };
+    let long = "é".repeat(crate::ingest::limits::MAX_STRING_CHARS + 1);
+    let at_limit = "é".repeat(crate::ingest::limits::MAX_STRING_CHARS);
+    let mut cases: Vec<(&str, Vec<Value>, bool)> = vec![("plain", base(1), true)];
+    let mut edit = |label: &'static str, direct: bool, f: &dyn Fn(&mut Vec<Value>)| {
+        let mut row = base(cases.len() as i64 + 1);
+        f(&mut row);
+        cases.push((label, row, direct));
+    };
+    edit("nulls are left out", true, &|r| {
+        r[5] = Value::Null;
+        r[14] = Value::Null;
+        r[15] = Value::Null;
+    });
+    edit("escapes", true, &|r| {
+        r[14] = text("quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} emoji 🚀 slash /");
+        r[15] = Value::Json(json!({"k\"ey\n": "v\\al\u{1}ue", "ünï": "çødé"}));
+    });
+    edit("255 multi-byte characters are kept", true, &|r| r[14] = text(&at_limit));
+    edit("non-finite float, inexact decimal", true, &|r| {
+        r[5] = Value::Float(f64::NAN);
+        r[6] = Value::Decimal("12345678901234567.89".into());
+    });
+    edit("small and large floats", true, &|r| {
+        r[5] = Value::Float(1e21);
+        r[6] = Value::Decimal("-0.1".into());
+    });
+    edit("properties column as text", true, &|r| r[15] = text(r#"{"from_text": [1, 2], "page": "x"}"#));
+    edit("distinct id from a JSON key loses to the column", true, &|r| {
+        r[15] = Value::Json(json!({"distinct_id": "json-user", "$insert_id": "nope", "$device_id": "jd"}));
+    });
+    edit("long string in a column is truncated", false, &|r| r[14] = text(&long));
+    edit("long string in the JSON column", false, &|r| r[15] = Value::Json(json!({"x": long.clone()})));
+    edit("long string in a list", false, &|r| r[11] = Value::Array(vec![text(&long)]));
+    edit("long bytes", false, &|r| r[7] = Value::Bytes(vec![7; 300]));
+    edit("objects nested too deep", false, &|r| r[12] = Value::Json(json!({"a": {"b": {"c": {"d": 1}}}})));
+    edit("distinct id missing: derived from the device id", false, &|r| r[1] = Value::Null);
+    edit("refused distinct id", false, &|r| r[1] = text("undefined"));
+    edit("event name missing", false, &|r| r[3] = Value::Null);
+    edit("blank event name", false, &|r| r[3] = text("  "));
+    edit("time missing", false, &|r| r[4] = Value::Null);
+    edit("time in the future", false, &|r| r[4] = ts("2099-01-01T00:00:00Z"));
+    edit("properties column not an object", false, &|r| r[15] = Value::Json(json!([1, 2])));
+    edit("properties column malformed text", false, &|r| r[15] = text("{not json"));
+    edit("too many properties", false, &|r| {
+        let map: serde_json::Map<String, Json> = (0..300).map(|i| (format!("p{i}"), json!(i))).collect();
+        r[15] = Value::Json(Json::Object(map));
+    });
+    for (label, row, direct) in &cases {
+        let general = m.encode_event_general(0, row, NOW);
+        match m.encode_event_direct(row, NOW) {
+            Some(fast) => {
+                assert!(*direct, "{label}: expected the general path to be needed");
+                let general = general.clone().unwrap_or_else(|e| panic!("{label}: {e}"));
+                assert_eq!(
+                    String::from_utf8_lossy(&fast.json),
+                    String::from_utf8_lossy(&general.json),
+                    "{label}"
+                );
+                assert_eq!(fast, general, "{label}");
+            }
+            None => assert!(!*direct, "{label}: the direct path stepped aside"),
+        }
+        // Whichever path runs, encode_upsert gives the general path's answer.
+        let mut out = Vec::new();
+        let upsert = m.encode_upsert(0, row, Unset::Never, NOW, &mut out);
+        match general {
+            Ok(g) => assert_eq!(out, vec![g], "{label}"),
+            Err(e) => assert_eq!(upsert.unwrap_err(), e, "{label}"),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The fast path of event encoding: an event row written straight to JSON bytes.
+//!
+//! [`RowMapper::encode_event`](super::RowMapper) defines an event by building it as a
+//! `serde_json` object (properties in a sorted map, later steps winning a name conflict),
+//! validating it with the receiver's rules and serializing it. That costs a map, a copy of every
+//! value and dozens of allocations per row. This path produces the very same bytes for the rows
+//! that need nothing from validation but a yes: the properties, gathered by the same
+//! `gather_event` the general path builds its map from (as borrowed references), are sorted and
+//! de-duplicated the way the map orders them (last insert wins), checked against the same rules,
+//! and written once.
+//!
+//! Whenever validation would refuse the row or change it (an over-long string to truncate, a
+//! missing `distinct_id` to derive from `$user_id` or `$device_id`, a too-deep object, a bad
+//! time, a malformed JSON column, an oversized record), this path steps aside (`None`) and the
+//! general path runs, so errors and edge cases keep exactly one definition.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::io::Write as _;
+
+use serde_json::Value as Json;
+
+use super::{EncodedRecord, RecordKind, RowMapper};
+use crate::ingest::event::time_to_millis;
+use crate::ingest::ids::{check_identity, check_insert_id};
+use crate::ingest::limits::{
+    ARRAY_ELEMENTS_EXCLUSIVE, MAX_OBJECT_DEPTH, MAX_RECORD_BYTES, MAX_STRING_CHARS,
+    MIN_EVENT_TIME_MS, OBJECT_KEYS_EXCLUSIVE, PROPERTIES_EXCLUSIVE,
+};
+use crate::value::{iso_utc, Value};
+
+/// One property's value, borrowed where it can be.
+pub(super) enum Prop<'a> {
+    Json(&'a Json),
+    Cell(&'a Value),
+    Int(i64),
+    Str(String),
+}
+
+impl Prop<'_> {
+    /// The property as the JSON value it serializes to.
+    pub(super) fn into_json(self) -> Json {
+        match self {
+            Prop::Json(j) => j.clone(),
+            Prop::Cell(v) => v.to_property(),
+            Prop::Int(i) => Json::from(i),
+            Prop::Str(s) => Json::String(s),
+        }
+    }
+}
+
+/// A named property, in the order it was added.
+pub(super) struct PropEntry<'a> {
+    pub(super) key: &'a str,
+    /// Insertion order: of two entries with one key, the later one is the property.
+    order: u32,
+    pub(super) value: Prop<'a>,
+}
+
+pub(super) fn push_prop<'a>(props: &mut Vec<PropEntry<'a>>, key: &'a str, value: Prop<'a>) {
+    let order = props.len() as u32;
+    props.push(PropEntry { key, order, value });
+}
+
+/// An event row's properties (in insertion order) and its name.
+pub(super) struct GatheredEvent<'a> {
+    pub(super) props: Vec<PropEntry<'a>>,
+    pub(super) name: Cow<'a, str>,
+}
+
+thread_local! {
+    /// Reused per thread: the record is written here and copied out at its exact size.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
+}
+
+impl RowMapper {
+    /// The event of `row` as JSON bytes, or `None` when the general path must decide.
+    pub(super) fn encode_event_direct(&self, row: &[Value], now_ms: i64) -> Option<EncodedRecord> {
+        let mut parsed = None;
+        // A row the gathering refuses is refused again, with its error, by the general path.
+        let GatheredEvent { mut props, name } = self.gather_event(0, row, &mut parsed).ok()?;
+        let name: &str = &name;
+
+        // The order of a sorted map, the later of two same-named entries kept.
+        props.sort_unstable_by(|a, b| a.key.cmp(b.key).then(b.order.cmp(&a.order)));
+        props.dedup_by(|later, kept| later.key == kept.key);
+
+        // validate_event's checks, as yes-or-step-aside.
+        if name.trim().is_empty() || name.chars().count() > MAX_STRING_CHARS {
+            return None;
+        }
+        if props.len() >= PROPERTIES_EXCLUSIVE {
+            return None;
+        }
+        let find = |key: &str| {
+            props
+                .binary_search_by(|e| e.key.cmp(key))
+                .ok()
+                .map(|i| &props[i].value)
+        };
+        let time_ms = match find("time")? {
+            Prop::Int(ms) => time_to_millis(&Json::from(*ms), &self.rules).ok()?,
+            other => time_to_millis(&to_json(other), &self.rules).ok()?,
+        };
+        if time_ms < MIN_EVENT_TIME_MS || time_ms > now_ms + self.rules.future_tolerance_ms {
+            return None;
+        }
+        let distinct_id = string_of(find("distinct_id")?)?;
+        check_identity(&distinct_id).ok()?;
+        let insert_id = string_of(find("$insert_id")?)?;
+        check_insert_id(&insert_id).ok()?;
+        for e in &props {
+            if e.key != "distinct_id" && e.key != "$insert_id" && !fits(&e.value) {
+                return None;
+            }
+        }
+
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            out.clear();
+            write_event(&mut out, name, &props).ok()?;
+            if out.len() >= MAX_RECORD_BYTES {
+                return None;
+            }
+            Some(EncodedRecord {
+                kind: RecordKind::Event,
+                json: out.as_slice().to_vec(),
+                route_hash: xxhash_rust::xxh3::xxh3_64(distinct_id.as_bytes()),
+                insert_id: Some(insert_id),
+            })
+        })
+    }
+}
+
+fn to_json(p: &Prop<'_>) -> Json {
+    match p {
+        Prop::Json(j) => (*j).clone(),
+        Prop::Cell(v) => v.to_property(),
+        Prop::Int(i) => Json::from(*i),
+        Prop::Str(s) => Json::String(s.clone()),
+    }
+}
+
+/// The property as a string, if it serializes as one.
+fn string_of(p: &Prop<'_>) -> Option<String> {
+    match p {
+        Prop::Str(s) => Some(s.clone()),
+        Prop::Json(Json::String(s)) | Prop::Cell(Value::Text(s)) => Some(s.clone()),
+        Prop::Json(_) | Prop::Int(_) => None,
+        Prop::Cell(v) => match v.to_property() {
+            Json::String(s) => Some(s),
+            _ => None,
+        },
+    }
+}
+
+fn short(s: &str) -> bool {
+    s.len() <= MAX_STRING_CHARS || s.chars().count() <= MAX_STRING_CHARS
+}
+
+/// True when validation would pass this property value as it is (nothing to truncate, within
+/// the nesting and size limits).
+fn fits(p: &Prop<'_>) -> bool {
+    match p {
+        Prop::Json(j) => fits_json(j, 0),
+        Prop::Int(_) => true,
+        Prop::Str(s) => short(s),
+        Prop::Cell(v) => fits_cell(v, 0),
+    }
+}
+
+fn fits_json(j: &Json, depth: usize) -> bool {
+    match j {
+        Json::String(s) => short(s),
+        Json::Array(items) => {
+            items.len() < ARRAY_ELEMENTS_EXCLUSIVE && items.iter().all(|i| fits_json(i, depth))
+        }
+        Json::Object(map) => {
+            depth < MAX_OBJECT_DEPTH
+                && map.len() < OBJECT_KEYS_EXCLUSIVE
+                && map.values().all(|v| fits_json(v, depth + 1))
+        }
+        Json::Null | Json::Bool(_) | Json::Number(_) => true,
+    }
+}
+
+fn fits_cell(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::Text(s) | Value::Decimal(s) => short(s),
+        // Base64 of 189 bytes is 252 characters; longer ones go the general way.
+        Value::Bytes(b) => b.len() <= 189,
+        Value::Json(j) => fits_json(j, depth),
+        Value::Array(items) => {
+            items.len() < ARRAY_ELEMENTS_EXCLUSIVE && items.iter().all(|i| fits_cell(i, depth))
+        }
+        Value::Null
+        | Value::Bool(_)
+        | Value::Int(_)
+        | Value::Float(_)
+        | Value::Uuid(_)
+        | Value::Date(_)
+        | Value::Timestamp(_)
+        | Value::TimestampNaive(_) => true,
+    }
+}
+
+/// `{"event":…,"properties":{…}}` with serde_json's escaping and number formats.
+fn write_event(out: &mut Vec<u8>, name: &str, props: &[PropEntry<'_>]) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"event\":");
+    serde_json::to_writer(&mut *out, name)?;
+    out.extend_from_slice(b",\"properties\":{");
+    for (k, e) in props.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, e.key)?;
+        out.push(b':');
+        match &e.value {
+            Prop::Json(j) => serde_json::to_writer(&mut *out, j)?,
+            Prop::Int(i) => serde_json::to_writer(&mut *out, i)?,
+            Prop::Str(s) => serde_json::to_writer(&mut *out, s.as_str())?,
+            Prop::Cell(v) => write_cell(out, v)?,
+        }
+    }
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+/// A cell as [`Value::to_property`] would serialize, without building the JSON value for the
+/// common kinds.
+fn write_cell(out: &mut Vec<u8>, v: &Value) -> serde_json::Result<()> {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Int(i) => serde_json::to_writer(&mut *out, i)?,
+        Value::Text(s) => serde_json::to_writer(&mut *out, s.as_str())?,
+        Value::Json(j) => serde_json::to_writer(&mut *out, j)?,
+        Value::Uuid(u) => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            out.push(b'"');
+            out.extend_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
+            out.push(b'"');
+        }
+        Value::Timestamp(t) => {
+            out.push(b'"');
+            let _ = out.write_all(iso_utc(&t.naive_utc()).as_bytes());
+            out.push(b'"');
+        }
+        other => serde_json::to_writer(&mut *out, &other.to_property())?,
+    }
+    Ok(())
+}
