@@ -173,9 +173,9 @@ fn precondition(msg: &str, details: &[u8]) -> String {
         Ok(p) if p.kind != 0 || !p.message.is_empty() => {
             let kind = connection_problem_kind(p.kind);
             if p.message.is_empty() || msg.contains(&p.message) {
-                format!("connection test failed ({kind}): {msg}")
+                format!("{msg} ({kind})")
             } else {
-                format!("connection test failed ({kind}): {msg}: {}", p.message)
+                format!("{msg}: {} ({kind})", p.message)
             }
         }
         _ => msg.to_owned(),
@@ -282,11 +282,29 @@ mod tests {
             message: "password authentication failed for user \"x\"".into(),
         }
         .encode_to_vec();
-        let status =
-            Status::with_details(Code::FailedPrecondition, "bad credentials", details.into());
+        let status = Status::with_details(
+            Code::FailedPrecondition,
+            "source 'pg': connection test failed: the warehouse refused the credentials",
+            details.into(),
+        );
         assert_eq!(
             ctx(true).status(&status).message,
-            "connection test failed (authentication): bad credentials: password authentication failed for user \"x\""
+            "source 'pg': connection test failed: the warehouse refused the credentials: password authentication failed for user \"x\" (authentication)"
+        );
+        // The node's message already holds the warehouse's words: they are not repeated.
+        let details = ConnectionProblem {
+            kind: connection_problem::Kind::Unreachable as i32,
+            message: "connection refused".into(),
+        }
+        .encode_to_vec();
+        let status = Status::with_details(
+            Code::FailedPrecondition,
+            "source 'pg': cannot reach db:5432: connection refused",
+            details.into(),
+        );
+        assert_eq!(
+            ctx(true).status(&status).message,
+            "source 'pg': cannot reach db:5432: connection refused (unreachable)"
         );
     }
 }

@@ -12,6 +12,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
 use super::error::CliError;
+use super::webhook::WebhookFile;
 
 /// Reads a TOML (`.toml`) or JSON (anything else, `-` for stdin) definition file.
 pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, CliError> {
@@ -139,6 +140,8 @@ pub struct TenantFile {
     pub credentials: Option<CredentialsFile>,
     #[serde(default)]
     pub project_token: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<WebhookFile>,
     #[serde(default, rename = "project_token_set")]
     _project_token_set: Option<IgnoredAny>,
     #[serde(default, rename = "created_at")]
@@ -221,6 +224,7 @@ impl TenantFile {
             project_id: self.project_id.unwrap_or_default(),
             credentials,
             project_token: self.project_token.unwrap_or_default(),
+            webhook: self.webhook.map(WebhookFile::into_proto),
             ..Default::default()
         })
     }
@@ -386,6 +390,10 @@ pub struct SyncFile {
     pub strict: Option<bool>,
     #[serde(default)]
     pub cursor_column: Option<String>,
+    #[serde(default)]
+    pub webhook: Option<WebhookFile>,
+    #[serde(default)]
+    pub accept_schema_change: bool,
     #[serde(default, rename = "paused")]
     _paused: Option<IgnoredAny>,
     #[serde(default, rename = "trigger_url")]
@@ -488,6 +496,8 @@ impl SyncFile {
             timezone: self.timezone.unwrap_or_default(),
             strict: self.strict,
             cursor_column: self.cursor_column.unwrap_or_default(),
+            webhook: self.webhook.map(WebhookFile::into_proto),
+            accept_schema_change: self.accept_schema_change,
             ..Default::default()
         })
     }

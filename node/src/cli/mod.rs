@@ -14,6 +14,7 @@ mod runs;
 mod sources;
 mod syncs;
 mod tenants;
+mod webhook;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -27,9 +27,7 @@ pub enum SourcesCommand {
         file: Option<PathBuf>,
     },
     /// One source (credentials are never shown, only whether they are set).
-    Get {
-        id: String,
-    },
+    Get { id: String },
     /// The tenant's sources.
     List,
     /// Change a source (tested like create): the flags given, or the file as the whole source.
@@ -41,17 +39,11 @@ pub enum SourcesCommand {
         file: Option<PathBuf>,
     },
     /// Delete a source; refused while syncs use it.
-    Delete {
-        id: String,
-    },
+    Delete { id: String },
     /// Test a stored source's connection again.
-    Test {
-        id: String,
-    },
+    Test { id: String },
     /// The tables and views the source can read.
-    Tables {
-        id: String,
-    },
+    Tables { id: String },
     /// The columns of a table (or of a SELECT) with Ferry's type for each.
     Columns {
         id: String,

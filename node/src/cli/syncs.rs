@@ -10,6 +10,7 @@ use super::error::CliError;
 use super::input::{self, SyncFile};
 use super::output::{count, emit, fields, list, Format};
 use super::sources::problems_text;
+use super::webhook::{self, WebhookFlags};
 use super::{json, runs, Connection};
 
 #[derive(Subcommand)]
@@ -26,9 +27,7 @@ pub enum SyncsCommand {
         file: Option<PathBuf>,
     },
     /// One sync with its mapping, schedule and trigger URL.
-    Get {
-        id: String,
-    },
+    Get { id: String },
     /// The tenant's syncs.
     List {
         /// Only the syncs of this source.
@@ -44,13 +43,9 @@ pub enum SyncsCommand {
         file: Option<PathBuf>,
     },
     /// Stop the sync's schedule and refuse triggers until it is resumed.
-    Pause {
-        id: String,
-    },
+    Pause { id: String },
     /// Let the schedule and triggers run the sync again.
-    Resume {
-        id: String,
-    },
+    Resume { id: String },
     /// Delete a sync, its cursor and its run history.
     Delete {
         id: String,
@@ -109,6 +104,11 @@ pub struct SyncFlags {
     /// Validate every record before sending (default true).
     #[arg(long, value_name = "BOOL")]
     strict: Option<bool>,
+    /// Mirror: go on when the source's columns changed (re-sending changed rows) instead of failing.
+    #[arg(long, value_name = "BOOL")]
+    accept_schema_change: Option<bool>,
+    #[command(flatten)]
+    webhook: WebhookFlags,
     #[arg(long, help_heading = "Mapping")]
     event_name: Option<String>,
     #[arg(long, help_heading = "Mapping")]
@@ -191,6 +191,10 @@ impl SyncFlags {
         if self.strict.is_some() {
             s.strict = self.strict;
         }
+        if let Some(b) = self.accept_schema_change {
+            s.accept_schema_change = b;
+        }
+        self.webhook.apply(&mut s.webhook)?;
         let m = s.mapping.get_or_insert_with(Default::default);
         set(&mut m.event_name, &self.event_name);
         set(&mut m.event_name_column, &self.event_name_column);
@@ -302,6 +306,15 @@ fn sync_fields(s: &pb::Sync) -> String {
             },
         ),
         ("strict", s.strict.unwrap_or(true).to_string()),
+        (
+            "accept_schema_change",
+            if s.accept_schema_change {
+                "yes".into()
+            } else {
+                String::new()
+            },
+        ),
+        ("webhook", webhook::text(s.webhook.as_ref())),
         ("paused", s.paused.to_string()),
         ("trigger_url", s.trigger_url.clone()),
         ("created_at", s.created_at.clone()),

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::error::CliError;
 use super::input::{self, TenantFile};
 use super::output::{emit, fields, list, Format};
+use super::webhook::{self, WebhookFlags};
 use super::{json, read_secret, Connection};
 
 #[derive(Subcommand)]
@@ -24,9 +25,7 @@ pub enum TenantsCommand {
         file: Option<PathBuf>,
     },
     /// One tenant (credentials are never shown, only whether they are set).
-    Get {
-        id: String,
-    },
+    Get { id: String },
     /// Every tenant (the operator) or the token's own.
     List,
     /// Change a tenant: the flags given (or the file, as the whole tenant) replace what is stored.
@@ -75,6 +74,8 @@ pub struct TenantFlags {
     /// A file holding the project token (put in `$token` of profile updates; `-`: stdin).
     #[arg(long, value_name = "PATH")]
     project_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    webhook: WebhookFlags,
 }
 
 impl TenantFlags {
@@ -130,7 +131,7 @@ impl TenantFlags {
         if let Some(tok) = project_token {
             t.project_token = tok;
         }
-        Ok(())
+        self.webhook.apply(&mut t.webhook)
     }
 }
 
@@ -197,6 +198,7 @@ fn tenant_fields(t: &pb::Tenant) -> String {
                 "not set".into()
             },
         ),
+        ("webhook", webhook::text(t.webhook.as_ref())),
         ("created_at", t.created_at.clone()),
         ("updated_at", t.updated_at.clone()),
         ("version", t.version.to_string()),
