@@ -211,3 +211,6 @@ pub trait Catalog: Send + Sync {
     /// caller resets it under a claim first.
     async fn delete_sync(&self, sync: &SyncId) -> Result<(), CatalogError>;
 }
+
+#[cfg(test)]
+pub(crate) mod contract;

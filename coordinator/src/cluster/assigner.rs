@@ -214,10 +214,8 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-
     use super::*;
-    use crate::catalog::{SourceRecord, SyncRecord, TenantRecord};
+    use crate::catalog::contract::{source, sync, tenant};
     use crate::cluster::connection::testing;
     use crate::cluster::election::Election;
     use crate::cluster::membership::{Membership, MembershipSettings};
@@ -226,43 +224,11 @@ mod tests {
     /// An embedded catalog with `n` syncs of tenant `acme`.
     async fn catalog_with(n: usize, dir: &tempfile::TempDir) -> Arc<EmbeddedStore> {
         let store = EmbeddedStore::open_in(dir.path(), EmbeddedSettings::default()).unwrap();
-        let now = Utc::now();
-        store
-            .create_tenant(&TenantRecord {
-                id: "acme".into(),
-                spec: serde_json::json!({"id": "acme"}),
-                credentials: Default::default(),
-                receiver_extensions: false,
-                created_at: now,
-                updated_at: now,
-            })
-            .await
-            .unwrap();
-        store
-            .create_source(&SourceRecord {
-                tenant: "acme".into(),
-                id: "pg".into(),
-                spec: serde_json::json!({"id": "pg"}),
-                credentials: Default::default(),
-                created_at: now,
-                updated_at: now,
-            })
-            .await
-            .unwrap();
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        store.create_source(&source("acme", "pg")).await.unwrap();
         for i in 0..n {
-            store
-                .create_sync(&SyncRecord {
-                    tenant: "acme".into(),
-                    id: format!("sync-{i}"),
-                    source: "pg".into(),
-                    spec: serde_json::json!({"id": format!("sync-{i}")}),
-                    paused: false,
-                    credentials: Default::default(),
-                    created_at: now,
-                    updated_at: now,
-                })
-                .await
-                .unwrap();
+            let record = sync("acme", &format!("sync-{i}"), "pg");
+            store.create_sync(&record).await.unwrap();
         }
         Arc::new(store)
     }

@@ -81,13 +81,13 @@ impl EtcdStore {
         }
     }
 
-    fn kv(&self) -> Client {
-        // Clones share one connection; the calls take `&mut self`.
+    /// A handle on the store's connection (clones share it; etcd calls take `&mut self`).
+    pub(crate) fn client(&self) -> Client {
         self.client.clone()
     }
 
     async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse, StoreError> {
-        self.kv()
+        self.client()
             .txn(txn)
             .await
             .map_err(|e| store_error(what, e))
@@ -98,7 +98,7 @@ impl EtcdStore {
         key: &str,
     ) -> Result<Option<(KeyValue, T)>, StoreError> {
         let resp = self
-            .kv()
+            .client()
             .get(key, None)
             .await
             .map_err(|e| store_error(&format!("reading {key}"), e))?;
@@ -142,7 +142,7 @@ impl EtcdStore {
     async fn trim_history(&self, fence: &Fence, keep: usize) -> Result<(), StoreError> {
         let prefix = keys::runs_of(fence.sync());
         let resp = self
-            .kv()
+            .client()
             .get(
                 prefix.as_str(),
                 Some(
@@ -269,7 +269,7 @@ impl StateStore for EtcdStore {
     async fn current_owner(&self, sync: &SyncId) -> Result<Option<Owner>, StoreError> {
         let key = keys::owner(sync);
         let resp = self
-            .kv()
+            .client()
             .get(key.as_str(), None)
             .await
             .map_err(|e| store_error(&format!("reading {key}"), e))?;
@@ -375,7 +375,7 @@ impl StateStore for EtcdStore {
         }
         let prefix = keys::runs_of(sync);
         let resp = self
-            .kv()
+            .client()
             .get(
                 prefix.as_str(),
                 Some(

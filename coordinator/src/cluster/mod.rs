@@ -4,7 +4,7 @@
 //! - [`keys`]: the cluster's own keys under `/ferry/v1/` (nodes, assignments, the election).
 //! - with feature `etcd`: [`connection`] (client and error classes), [`etcd_store`] (the
 //!   [`StateStore`](crate::store::StateStore) on etcd: claims on the node's lease, fenced
-//!   writes), [`membership`] (one lease per node, its registration, the kill switch),
+//!   writes; [`etcd_catalog`]: the admin API's catalog on the same store), [`membership`] (one lease per node, its registration, the kill switch),
 //!   [`election`] (the coordinator election) and [`assigner`] (the elected coordinator's
 //!   placement loop writing assignments).
 
@@ -17,6 +17,8 @@ pub mod assigner;
 pub mod connection;
 #[cfg(feature = "etcd")]
 pub mod election;
+#[cfg(feature = "etcd")]
+pub mod etcd_catalog;
 #[cfg(feature = "etcd")]
 pub mod etcd_store;
 #[cfg(feature = "etcd")]

@@ -446,129 +446,32 @@ impl Catalog for EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-
     use super::*;
+    use crate::catalog::contract::{self, tenant};
     use crate::embedded::EmbeddedSettings;
-    use crate::records::RunRecord;
-    use crate::store::StateStore;
 
-    fn tenant(id: &str) -> TenantRecord {
-        TenantRecord {
-            id: id.into(),
-            spec: serde_json::json!({"id": id, "name": id}),
-            credentials: Default::default(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn source(tenant: &str, id: &str) -> SourceRecord {
-        SourceRecord {
-            tenant: tenant.into(),
-            id: id.into(),
-            spec: serde_json::json!({"id": id}),
-            credentials: Default::default(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn sync(tenant: &str, id: &str, source: &str) -> SyncRecord {
-        SyncRecord {
-            tenant: tenant.into(),
-            id: id.into(),
-            source: source.into(),
-            spec: serde_json::json!({"id": id, "schedule": "hourly"}),
-            timezone: None,
-            paused: false,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
+    /// The catalog contract (`catalog/contract.rs`), shared with the etcd store.
+    async fn fresh(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open_in(dir.path(), EmbeddedSettings::default()).unwrap()
     }
 
     #[tokio::test]
     async fn objects_live_under_their_tenant_and_updates_compare_versions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open_in(dir.path(), EmbeddedSettings::default()).unwrap();
+        contract::objects_live_under_their_tenant_and_updates_compare_versions(&fresh(&dir).await)
+            .await;
+    }
 
-        assert!(matches!(
-            store.create_source(&source("acme", "pg")).await,
-            Err(CatalogError::NotFound { what }) if what == "tenant 'acme'"
-        ));
-        let v1 = store.create_tenant(&tenant("acme")).await.unwrap();
-        assert!(matches!(
-            store.create_tenant(&tenant("acme")).await,
-            Err(CatalogError::AlreadyExists { .. })
-        ));
-        store.create_tenant(&tenant("other")).await.unwrap();
+    #[tokio::test]
+    async fn refusals_name_what_is_missing_or_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::refusals_name_what_is_missing_or_stale(&fresh(&dir).await).await;
+    }
 
-        let mut renamed = tenant("acme");
-        renamed.spec["name"] = "Acme Inc".into();
-        let v2 = store.update_tenant(&renamed, Some(v1)).await.unwrap();
-        assert!(v2 > v1);
-        match store.update_tenant(&renamed, Some(v1)).await {
-            Err(CatalogError::Conflict {
-                expected, current, ..
-            }) => assert_eq!((expected, current), (v1, v2)),
-            other => panic!("stale update: {other:?}"),
-        }
-        let got = store.get_tenant("acme").await.unwrap().unwrap();
-        assert_eq!((got.version, &got.value.spec["name"]), (v2, &"Acme Inc".into()));
-
-        store.create_source(&source("acme", "pg")).await.unwrap();
-        store.create_source(&source("other", "pg")).await.unwrap();
-        assert!(matches!(
-            store.create_sync(&sync("acme", "orders", "nope")).await,
-            Err(CatalogError::NotFound { what }) if what.contains("source 'nope'")
-        ));
-        store.create_sync(&sync("acme", "orders", "pg")).await.unwrap();
-        store.create_sync(&sync("other", "orders", "pg")).await.unwrap();
-
-        let acme: Vec<_> = store.list_syncs("acme").await.unwrap();
-        assert_eq!(acme.len(), 1);
-        assert_eq!(acme[0].value.tenant, "acme");
-        assert_eq!(store.list_all_syncs().await.unwrap().len(), 2);
-        assert_eq!(acme[0].value.schedule(), Some("hourly"));
-
-        match store.delete_source("acme", "pg").await {
-            Err(CatalogError::InUse { by, .. }) => assert_eq!(by, vec!["sync 'orders'"]),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            store.delete_tenant("acme", false).await,
-            Err(CatalogError::InUse { .. })
-        ));
-
-        // Deleting a sync takes its run history with it.
-        let id = SyncId::new("acme", "orders").unwrap();
-        let fence = store.claim(&id, "n1").await.unwrap();
-        store
-            .put_run(&fence, &RunRecord::queued(id.clone(), "r1", "i1", Utc::now()))
-            .await
-            .unwrap();
-        store.release(&fence).await.unwrap();
-        store.delete_sync(&id).await.unwrap();
-        assert!(store.list_runs(&id, 10).await.unwrap().is_empty());
-        assert!(store.get_sync(&id).await.unwrap().is_none());
-        store.delete_source("acme", "pg").await.unwrap();
-
-        // Cascade takes everything of the tenant, and nothing of another.
-        store
-            .create_token(&TokenRecord {
-                tenant: "other".into(),
-                id: "t1".into(),
-                name: "ci".into(),
-                sha256: "00".into(),
-                created_at: Utc::now(),
-            })
-            .await
-            .unwrap();
-        store.delete_tenant("other", true).await.unwrap();
-        assert!(store.list_tokens("other").await.unwrap().is_empty());
-        assert!(store.list_syncs("other").await.unwrap().is_empty());
-        assert!(store.get_tenant("acme").await.unwrap().is_some());
-        assert!(store.get_tenant("../x").await.unwrap().is_none());
+    #[tokio::test]
+    async fn concurrent_creates_of_one_object_let_one_win() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::concurrent_creates_of_one_object_let_one_win(&fresh(&dir).await).await;
     }
 
     #[tokio::test]
