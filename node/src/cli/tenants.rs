@@ -25,7 +25,10 @@ pub enum TenantsCommand {
         file: Option<PathBuf>,
     },
     /// One tenant (credentials are never shown, only whether they are set).
-    Get { id: String },
+    Get {
+        /// The tenant's id (a tenant token may leave it out: its own).
+        id: Option<String>,
+    },
     /// Every tenant (the operator) or the token's own.
     List,
     /// Change a tenant: the flags given (or the file, as the whole tenant) replace what is stored.
@@ -242,7 +245,9 @@ pub async fn run_tenants(conn: &Connection, command: TenantsCommand) -> Result<(
                 .call(
                     client
                         .tenants()
-                        .get_tenant(client.request(pb::GetTenantRequest { tenant: id })),
+                        .get_tenant(client.request(pb::GetTenantRequest {
+                            tenant: id.unwrap_or_default(),
+                        })),
                 )
                 .await?;
             emit(out, json::tenant(&t), || tenant_fields(&t));
