@@ -5,7 +5,7 @@
 //!   bench_rows sqlite --rows N --out F  the same rows as a SQLite file
 //!   bench_rows encode --rows N [--ndjson F]
 //!       maps every row to its event exactly as an Append run does (Ferry's RowMapper),
-//!       packs 2000-record batches and gzips them as the client does, on one thread; prints
+//!       packs and gzips batches with the Mixpanel client's own code, on one thread; prints
 //!       JSON with the time spent encoding and gzipping (row generation is not counted).
 //!       With --ndjson, also writes the events one per line: what the third-party clients send.
 
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_bench::rows::{self, RowGen};
+use ferry_connectors::mixpanel::BatchBuilder;
 use ferry_core::mapping::Unset;
 
 #[derive(Parser)]
@@ -84,7 +85,6 @@ fn encode(
     gzip_level: u32,
 ) -> anyhow::Result<()> {
     const PAGE: u64 = 5000;
-    const BATCH: usize = 2000;
     let gen = RowGen::new(seed, rows);
     let mapper = rows::row_mapper()?;
     let mut ndjson = match ndjson {
@@ -114,21 +114,16 @@ fn encode(
         }
         encode_time += t.elapsed();
         let t = Instant::now();
-        for chunk in encoded.chunks(BATCH) {
-            let mut gz = flate2::write::GzEncoder::new(
-                Vec::with_capacity(256 * 1024),
-                flate2::Compression::new(gzip_level),
-            );
-            gz.write_all(b"[")?;
-            for (k, r) in chunk.iter().enumerate() {
-                if k > 0 {
-                    gz.write_all(b",")?;
-                }
-                gz.write_all(&r.json)?;
-                json_bytes += r.json.len() as u64;
-            }
-            gz.write_all(b"]")?;
-            gzip_bytes += gz.finish()?.len() as u64;
+        // Packed and gzipped exactly as the Mixpanel client does it.
+        let mut builder = BatchBuilder::new();
+        let mut batches = Vec::new();
+        for r in &encoded {
+            json_bytes += r.json.len() as u64;
+            batches.extend(builder.push(r.json.clone(), r.insert_id.clone())?);
+        }
+        batches.extend(builder.flush());
+        for batch in &batches {
+            gzip_bytes += batch.gzip_json_array(gzip_level)?.len() as u64;
         }
         gzip_time += t.elapsed();
         records += encoded.len() as u64;

@@ -84,6 +84,20 @@ impl Batch {
         out.write_all(b"]")
     }
 
+    /// The JSON-array body gzipped at `level`, as the client sends it. Records go into the
+    /// encoder in large staged chunks: each write into it has a fixed cost far above that of
+    /// copying a ~1 KB record.
+    pub fn gzip_json_array(&self, level: u32) -> std::io::Result<Vec<u8>> {
+        const STAGING_BYTES: usize = 128 * 1024;
+        let encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(self.body_bytes / 4 + 64),
+            flate2::Compression::new(level),
+        );
+        let mut staged = std::io::BufWriter::with_capacity(STAGING_BYTES, encoder);
+        self.write_json_array(&mut staged)?;
+        staged.into_inner().map_err(|e| e.into_error())?.finish()
+    }
+
     pub(crate) fn json_array(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(self.body_bytes);
         // Writing into a Vec cannot fail.
@@ -232,6 +246,21 @@ mod tests {
         let mut small = BatchBuilder::with_limits(10, 12);
         assert!(small.push(record(11), None).is_err());
         assert!(small.push(record(10), None).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_gzip_body_is_the_json_array() {
+        let mut b = BatchBuilder::new();
+        for i in 0..500 {
+            b.push(format!(r#"{{"event":"e","properties":{{"n":{i}}}}}"#).into_bytes(), None)
+                .unwrap();
+        }
+        let batch = b.flush().unwrap();
+        let gz = batch.gzip_json_array(1).unwrap();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
+        assert_eq!(plain, batch.json_array());
+        assert!(gz.len() < plain.len() / 3, "{} of {}", gz.len(), plain.len());
     }
 
     #[test]

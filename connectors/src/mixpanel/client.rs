@@ -473,15 +473,8 @@ impl MixpanelClient {
         let batch = Arc::clone(batch);
         let level = self.settings.gzip_level;
         tokio::task::spawn_blocking(move || {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(batch.body_len() / 4),
-                flate2::Compression::new(level),
-            );
             batch
-                .write_json_array(&mut encoder)
-                .map_err(|e| MixpanelError::Compression(e.to_string()))?;
-            encoder
-                .finish()
+                .gzip_json_array(level)
                 .map(Bytes::from)
                 .map_err(|e| MixpanelError::Compression(e.to_string()))
         })
