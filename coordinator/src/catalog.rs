@@ -73,9 +73,13 @@ pub struct TenantRecord {
     pub id: String,
     /// [`ferry_core::spec::TenantSpec`] as JSON, credentials removed.
     pub spec: serde_json::Value,
-    /// Its credentials (service-account secret, project token).
+    /// Its credentials (service-account secret, project token, webhook secret).
     #[serde(default)]
     pub credentials: Sealed,
+    /// The destination is Ferry's bundled receiver, whose extensions (event deletes) may be
+    /// used.
+    #[serde(default)]
+    pub receiver_extensions: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -113,12 +117,12 @@ pub struct SyncRecord {
     pub source: String,
     /// [`ferry_core::spec::SyncSpec`] as JSON.
     pub spec: serde_json::Value,
-    /// The IANA zone its schedule is read in (None: UTC).
-    #[serde(default)]
-    pub timezone: Option<String>,
     /// Not run by its schedule or a trigger while set.
     #[serde(default)]
     pub paused: bool,
+    /// Its webhook's secret, when it has one.
+    #[serde(default)]
+    pub credentials: Sealed,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -130,8 +134,17 @@ impl SyncRecord {
 
     /// The schedule as written (`hourly`, a cron expression, …), if any.
     pub fn schedule(&self) -> Option<&str> {
+        self.spec_text("schedule")
+    }
+
+    /// The IANA zone the schedule is read in (None: UTC).
+    pub fn timezone(&self) -> Option<&str> {
+        self.spec_text("schedule_timezone")
+    }
+
+    fn spec_text(&self, field: &str) -> Option<&str> {
         self.spec
-            .get("schedule")
+            .get(field)
             .and_then(|s| s.as_str())
             .filter(|s| !s.trim().is_empty())
     }

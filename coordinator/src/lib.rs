@@ -7,13 +7,15 @@
 //! same to the pipeline; a typed, classified error there would let the supervisor stop at once
 //! on `Fenced` and retry on `Unavailable`.
 
+pub mod admin;
 pub mod catalog;
 pub mod cluster;
 pub mod embedded;
 pub mod keys;
-pub mod notify;
 pub mod mirror;
+pub mod notify;
 pub mod records;
+pub mod run_manager;
 pub mod runner;
 pub mod schedule;
 pub mod secrets;

@@ -17,7 +17,9 @@ use ferry_actors::pipeline::{
     RunRowError,
 };
 use ferry_actors::restart::RestartPolicy;
-use ferry_actors::supervisor::{AttemptFactory, SupervisedOutcome, SupervisorArgs, SyncSupervisor};
+use ferry_actors::supervisor::{
+    AttemptFactory, SupervisedOutcome, SupervisorArgs, SupervisorMsg, SyncSupervisor,
+};
 use ferry_connectors::mixpanel::{
     ClientSettings, DestinationConfig, MixpanelClient, MixpanelError,
 };
@@ -86,7 +88,7 @@ enum ExecError {
 static RUN_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A run id that sorts by start time and is unique within the process and across restarts.
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let now = Utc::now();
     format!(
         "{}-{:04}",
@@ -116,11 +118,50 @@ pub fn read_source(sync: &SyncSpec) -> ReadSource {
 pub struct SyncRunner {
     store: Arc<dyn StateStore>,
     settings: RunnerSettings,
+    control: RunControl,
+}
+
+/// What a caller that starts one run and may cancel it sets (the admin API's run manager).
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// The run's id, chosen by the caller so it can be named before the run is recorded
+    /// (make it with [`new_run_id`]).
+    pub run_id: Option<String>,
+    /// When it turns true the run is cancelled: the supervisor stops the pipeline, the run
+    /// ends `cancelled`, and the cursor stays at its last commit. (A lookup-table replacement,
+    /// one request, is not interrupted.)
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl RunControl {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| *c.borrow())
+    }
+
+    /// Resolves when the run is cancelled (never, without a cancel signal).
+    async fn wait_cancelled(&self) {
+        if let Some(mut cancel) = self.cancel.clone() {
+            if cancel.wait_for(|c| *c).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 impl SyncRunner {
     pub fn new(store: Arc<dyn StateStore>, settings: RunnerSettings) -> Self {
-        Self { store, settings }
+        Self {
+            store,
+            settings,
+            control: RunControl::default(),
+        }
+    }
+
+    /// This runner, for one run under `control`.
+    pub fn with_control(mut self, control: RunControl) -> Self {
+        self.control = control;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn StateStore> {
@@ -141,7 +182,7 @@ impl SyncRunner {
         })?;
         let sync_id = SyncId::of_spec(sync)?;
         let fence = self.store.claim(&sync_id, &self.settings.node_id).await?;
-        let run_id = new_run_id();
+        let run_id = self.control.run_id.clone().unwrap_or_else(new_run_id);
         let mut run = RunRecord::queued(
             sync_id,
             run_id.clone(),
@@ -174,6 +215,12 @@ impl SyncRunner {
                 run.attempts = attempts;
                 run.errors = row_errors.iter().map(RunErrorEntry::from).collect();
                 run.message = note;
+            }
+            Err((attempts, row_errors, _)) if self.control.cancelled() => {
+                run.state = RunState::Cancelled;
+                run.attempts = attempts;
+                run.errors = row_errors.iter().map(RunErrorEntry::from).collect();
+                run.message = Some("cancelled on request".into());
             }
             Err((attempts, row_errors, error)) => {
                 run.state = RunState::Failed;
@@ -281,7 +328,7 @@ impl SyncRunner {
             policy: self.settings.restart.clone(),
             done,
         };
-        let (_supervisor, handle) =
+        let (supervisor, handle) =
             Actor::spawn(None, SyncSupervisor, args)
                 .await
                 .map_err(|e| {
@@ -289,7 +336,14 @@ impl SyncRunner {
                         "cannot start the sync's supervisor: {e}"
                     )))
                 })?;
-        let outcome = outcome.await;
+        tokio::pin!(outcome);
+        let outcome = tokio::select! {
+            outcome = &mut outcome => outcome,
+            _ = self.control.wait_cancelled() => {
+                let _ = supervisor.cast(SupervisorMsg::Cancel);
+                outcome.await
+            }
+        };
         let _ = handle.await;
         match outcome {
             Ok(SupervisedOutcome::Succeeded {

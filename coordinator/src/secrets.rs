@@ -137,12 +137,8 @@ impl SecretBox {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(trimmed.trim_end_matches('='))
             .map_err(|e| malformed(format!("not base64 ({e})")))?;
-        Self::from_bytes(&bytes).map_err(|_| {
-            malformed(format!(
-                "it decodes to {} bytes, not 32",
-                bytes.len()
-            ))
-        })
+        Self::from_bytes(&bytes)
+            .map_err(|_| malformed(format!("it decodes to {} bytes, not 32", bytes.len())))
     }
 
     pub fn from_bytes(key: &[u8]) -> Result<Self, SecretError> {
@@ -172,8 +168,7 @@ impl SecretBox {
         if plain.0.is_empty() {
             return Ok(Sealed::default());
         }
-        let json =
-            serde_json::to_vec(&plain.0).map_err(|e| SecretError::Seal(e.to_string()))?;
+        let json = serde_json::to_vec(&plain.0).map_err(|e| SecretError::Seal(e.to_string()))?;
         let nonce = Nonce::generate();
         let ciphertext = self
             .cipher
@@ -226,7 +221,9 @@ impl SecretBox {
                     aad: object.as_bytes(),
                 },
             )
-            .map_err(|_| corrupt("authentication failed (altered, or sealed for another object)"))?;
+            .map_err(|_| {
+                corrupt("authentication failed (altered, or sealed for another object)")
+            })?;
         let map: BTreeMap<String, String> =
             serde_json::from_slice(&json).map_err(|_| corrupt("not a credential map"))?;
         Ok(Plain(map))
@@ -298,7 +295,10 @@ mod tests {
         let sealed = sb.seal("source:acme/pg", &plain).unwrap();
         let stored = serde_json::to_string(&sealed).unwrap();
         assert!(!stored.contains("hunter2"), "{stored}");
-        assert!(stored.contains("/kind/postgres/password"), "fields are listed");
+        assert!(
+            stored.contains("/kind/postgres/password"),
+            "fields are listed"
+        );
         assert_eq!(sb.open("source:acme/pg", &sealed).unwrap(), plain);
 
         // Moved onto another object: refused.
@@ -334,7 +334,9 @@ mod tests {
         let a = SecretBox::from_base64(&format!("{text}\n"), "f").unwrap();
         let b = SecretBox::from_base64(text.trim_end_matches('='), "f").unwrap();
         assert_eq!(a.key_id(), b.key_id());
-        assert!(SecretError::Missing.to_string().contains("ferry secret-key"));
+        assert!(SecretError::Missing
+            .to_string()
+            .contains("ferry secret-key"));
     }
 
     #[test]
@@ -345,7 +347,11 @@ mod tests {
         let original = spec.clone();
         let plain = extract(
             &mut spec,
-            &["/kind/postgres/password", "/kind/postgres/ssh_tunnel/private_key", "/absent/x"],
+            &[
+                "/kind/postgres/password",
+                "/kind/postgres/ssh_tunnel/private_key",
+                "/absent/x",
+            ],
         );
         assert_eq!(plain.0.len(), 1, "empty values are absent");
         assert!(!spec.to_string().contains("pw"), "{spec}");
