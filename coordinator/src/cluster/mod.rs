@@ -6,11 +6,14 @@
 //!   [`StateStore`](crate::store::StateStore) on etcd: claims on the node's lease, fenced
 //!   writes; [`etcd_catalog`]: the admin API's catalog on the same store), [`membership`] (one lease per node, its registration, the kill switch),
 //!   [`election`] (the coordinator election) and [`assigner`] (the elected coordinator's
-//!   placement loop writing assignments).
+//!   placement loop writing assignments) and [`agent`] (a node running what is assigned to it,
+//!   and nothing once its lease is lost).
 
 pub mod keys;
 pub mod placement;
 
+#[cfg(feature = "etcd")]
+pub mod agent;
 #[cfg(feature = "etcd")]
 pub mod assigner;
 #[cfg(feature = "etcd")]
