@@ -400,6 +400,72 @@ async fn append_reads_page_through_results_and_resume_after_the_cursor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_reads_are_split_into_bounded_statements_without_losing_or_repeating_ties() {
+    let Some(rig) = Rig::start(4).await else { return };
+    // Groups of 3 rows share a cursor value, and ids 40..=64 (25 rows) all share one: more than
+    // a chunk.
+    rig.pg
+        .sql(
+            "CREATE TABLE ticks (id int, at bigint);
+             INSERT INTO ticks SELECT i, CASE WHEN i BETWEEN 40 AND 64 THEN 1000 ELSE i / 3 * 100 END
+             FROM generate_series(1, 100) AS i;",
+        )
+        .unwrap();
+    let mut settings = redshift_rig::fast_settings();
+    settings.chunk_rows = 10;
+    let w = RedshiftWarehouse::new(rig.options()).with_settings(settings);
+    let request = |after: Option<Value>| ReadRequest {
+        source: table("ticks"),
+        cursor: Some(CursorFilter {
+            column: "at".into(),
+            after,
+        }),
+        page_size: 7,
+    };
+    let rows = |pages: &[Page]| -> Vec<(i64, i64)> {
+        pages
+            .iter()
+            .flat_map(|p| p.batch.rows.iter())
+            .map(|r| match (&r[0], &r[1]) {
+                (Value::Int(id), Value::Int(at)) => (*id, *at),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let pages = read_all(&w, request(None)).await.unwrap();
+    let got = rows(&pages);
+    let mut ids: Vec<i64> = got.iter().map(|r| r.0).collect();
+    ids.sort();
+    assert_eq!(ids, (1..=100).collect::<Vec<_>>(), "every row exactly once");
+    assert!(
+        got.windows(2).all(|w| w[0].1 <= w[1].1),
+        "in cursor order: {got:?}"
+    );
+    let statements = rig.standin.statements();
+    assert!(statements.len() >= 10, "{} statements", statements.len());
+    assert!(statements.iter().all(|s| s.status == "FINISHED"));
+    assert!(
+        statements
+            .iter()
+            .any(|s| s.sqls[0].contains("= :ferry_cursor") && s.parameters[0].1 == "1000"),
+        "the 25 rows at 1000 were read whole: {statements:#?}"
+    );
+    assert_eq!(
+        pages.last().unwrap().complete_through,
+        Some(Value::Int(3300))
+    );
+
+    // Resuming inside the data reads exactly the rows above the value.
+    let resumed = rows(&read_all(&w, request(Some(Value::Int(1000)))).await.unwrap());
+    let expected: Vec<i64> = (1..=100)
+        .filter(|i| !(40..=64).contains(i) && i / 3 * 100 > 1000)
+        .collect();
+    let mut resumed_ids: Vec<i64> = resumed.iter().map(|r| r.0).collect();
+    resumed_ids.sort();
+    assert_eq!(resumed_ids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_consumer_is_gone_cancels_its_statement() {
     let Some(rig) = Rig::start(1000).await else { return };
     let w = rig.warehouse();

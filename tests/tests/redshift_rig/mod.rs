@@ -48,6 +48,7 @@ pub fn fast_settings() -> RedshiftSettings {
         initial_backoff: Duration::from_millis(10),
         connect_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(20),
+        chunk_rows: 100_000,
     }
 }
 

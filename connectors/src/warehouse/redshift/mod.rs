@@ -4,8 +4,9 @@
 //! No database connection is held: every operation submits SQL with `ExecuteStatement`, polls
 //! `DescribeStatement` with backoff ([`statement::PollPolicy`]: fast first polls, capped), and
 //! pages through `GetStatementResult`. A read keeps one result page in memory at a time and
-//! hands rows to the bounded page channel, so memory stays bounded; a read whose consumer went
-//! away cancels its statement. Values that come from outside (cursor values) are bound as Data API
+//! hands rows to the bounded page channel, so memory stays bounded; reads with a cursor are split
+//! into statements of bounded size ([`reader`]); a read whose consumer went away cancels its
+//! statement. Values that come from outside (cursor values) are bound as Data API
 //! parameters (`:name`), never spliced; identifiers are quoted by [`quote_ident`].
 //!
 //! AWS credentials: the static keys of the source spec, else its `profile`, else the default
@@ -19,6 +20,7 @@
 
 pub mod error;
 pub mod mirror;
+mod reader;
 pub mod statement;
 pub mod types;
 
@@ -29,12 +31,10 @@ use async_trait::async_trait;
 use aws_sdk_redshiftdata::types::ColumnMetadata;
 use aws_sdk_redshiftdata::Client;
 use ferry_core::spec::RedshiftOptions;
-use ferry_core::value::{column_index, Column, RowBatch, Value};
+use ferry_core::value::{Column, RowBatch, Value};
 use tokio::sync::{mpsc, OnceCell};
 
-use super::{
-    Page, Pager, ReadRequest, ReadSource, ReadSummary, TableInfo, Warehouse, WarehouseError,
-};
+use super::{Page, ReadRequest, ReadSource, ReadSummary, TableInfo, Warehouse, WarehouseError};
 use error::Context;
 use statement::{PollPolicy, ResultPages};
 
@@ -54,6 +54,8 @@ pub struct RedshiftSettings {
     pub connect_timeout: Duration,
     /// One attempt of one API call (not the statement, which is polled).
     pub call_timeout: Duration,
+    /// Rows per statement of a read with a cursor (a Data API result is capped at 100 MB).
+    pub chunk_rows: usize,
 }
 
 impl Default for RedshiftSettings {
@@ -64,6 +66,7 @@ impl Default for RedshiftSettings {
             initial_backoff: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(60),
+            chunk_rows: 100_000,
         }
     }
 }
@@ -361,56 +364,6 @@ impl Warehouse for RedshiftWarehouse {
         request: &ReadRequest,
         out: mpsc::Sender<Page>,
     ) -> Result<ReadSummary, WarehouseError> {
-        let mut sql = format!("SELECT * FROM {}", from_clause(&request.source)?);
-        let mut parameters = Vec::new();
-        if let Some(cursor) = &request.cursor {
-            let col = format!("ferry_src.{}", quote_ident(&cursor.column));
-            sql.push_str(&format!(" WHERE {col} IS NOT NULL"));
-            if let Some(after) = &cursor.after {
-                let text = types::parameter_text(after).ok_or_else(|| {
-                    WarehouseError::Config(format!("{after:?} cannot be a cursor value"))
-                })?;
-                sql.push_str(&format!(" AND {col} > :ferry_cursor"));
-                parameters.push(("ferry_cursor".to_owned(), text));
-            }
-            sql.push_str(&format!(" ORDER BY {col}"));
-        }
-        let client = self.client().await?;
-        let mut running =
-            statement::submit(client, &self.options, &self.context, &sql, &parameters).await?;
-        let finished = running.wait(&self.settings.poll).await?;
-        let mut pages = ResultPages::new(client, &self.context, &finished);
-        let mut pager: Option<Pager> = None;
-        let mut summary = ReadSummary::default();
-        while let Some(page) = pages.next().await? {
-            if pager.is_none() {
-                let columns = columns_of(page.columns.as_deref(), &finished.id)?;
-                let cursor_index = match &request.cursor {
-                    Some(cursor) => Some(column_index(&columns, &cursor.column).ok_or_else(
-                        || WarehouseError::NotFound {
-                            object: format!("cursor column '{}'", cursor.column),
-                            message: "the source has no such column".into(),
-                        },
-                    )?),
-                    None => None,
-                };
-                pager = Some(Pager::new(columns, cursor_index, request.page_size));
-            }
-            let Some(p) = pager.as_mut() else { break };
-            let columns = p.columns().clone();
-            for record in &page.records {
-                if let Some(full) = p.push(decode(record, &columns)?) {
-                    summary.rows += full.batch.len() as u64;
-                    summary.pages += 1;
-                    out.send(full).await.map_err(|_| WarehouseError::Stopped)?;
-                }
-            }
-        }
-        if let Some(last) = pager.and_then(Pager::finish) {
-            summary.rows += last.batch.len() as u64;
-            summary.pages += 1;
-            out.send(last).await.map_err(|_| WarehouseError::Stopped)?;
-        }
-        Ok(summary)
+        reader::read(self, request, out).await
     }
 }
