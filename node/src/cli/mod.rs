@@ -25,8 +25,8 @@ use client::Client;
 pub use error::CliError;
 use output::Format;
 
-/// Where a node's admin API listens unless told otherwise (`ferry node --listen`'s default).
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+/// Where the CLI looks for a node unless told otherwise (the port the docs use for `ferry node --listen`).
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7700";
 
 const EXIT_CODES: &str = "\
 Environment: FERRY_ENDPOINT, FERRY_TOKEN (or FERRY_TOKEN_FILE), FERRY_TENANT, FERRY_OUTPUT, FERRY_TIMEOUT.
