@@ -20,6 +20,7 @@ use ferry_core::error::{Classify, ErrorClass};
 use ferry_core::mapping::{EncodedRecord, RecordKind, RowError, RowMapper, Unset};
 use ferry_core::value::Value;
 use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -39,8 +40,10 @@ pub struct PipelineSettings {
     pub pages_in_flight: usize,
     /// Import shards (K).
     pub shards: usize,
-    /// Records queued per shard.
+    /// Records queued per shard (in chunks of up to [`SHARD_CHUNK`]).
     pub shard_queue: usize,
+    /// Pages encoded at once, on blocking threads; their records still go out in page order.
+    pub encoders: usize,
     /// Per-row errors kept in the run's log (the counts are always complete).
     pub max_row_errors: usize,
 }
@@ -51,6 +54,7 @@ impl Default for PipelineSettings {
             pages_in_flight: 2,
             shards: 4,
             shard_queue: 4096,
+            encoders: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)),
             max_row_errors: 1000,
         }
     }
@@ -136,9 +140,14 @@ enum Ack {
     Finished(PageSeq, u64),
 }
 
+/// Records travel to a shard in chunks of at most this many (one channel message each), not
+/// one by one.
+pub const SHARD_CHUNK: usize = 256;
+
+/// Records of one page for one shard, in page order.
 struct ShardItem {
     seq: PageSeq,
-    record: EncodedRecord,
+    records: Vec<EncodedRecord>,
 }
 
 pub struct ErrorLog {
@@ -207,7 +216,7 @@ pub fn build_stages(input: PipelineInput) -> PipelineStages {
     let mut shard_txs = Vec::with_capacity(shards);
     let mut stages = Vec::with_capacity(shards + 3);
     for k in 0..shards {
-        let (tx, rx) = mpsc::channel::<ShardItem>(settings.shard_queue.max(1));
+        let (tx, rx) = mpsc::channel::<ShardItem>(settings.shard_queue.div_ceil(SHARD_CHUNK).max(1));
         shard_txs.push(tx);
         stages.push(Stage {
             name: format!("import-shard-{k}"),
@@ -231,6 +240,7 @@ pub fn build_stages(input: PipelineInput) -> PipelineStages {
         name: "diff".into(),
         work: Box::pin(diff_stage(
             page_rx,
+            settings.encoders.max(1),
             mapper,
             shard_txs,
             ack_tx,
@@ -278,6 +288,7 @@ pub async fn run_pipeline(input: PipelineInput) -> Result<PipelineReport, Pipeli
 
 async fn diff_stage(
     mut pages: mpsc::Receiver<Page>,
+    encoders: usize,
     mapper: Arc<RowMapper>,
     shards: Vec<mpsc::Sender<ShardItem>>,
     acks: mpsc::UnboundedSender<Ack>,
@@ -287,47 +298,97 @@ async fn diff_stage(
     let mut seq: PageSeq = 0;
     let mut row_index: u64 = 0;
     let stopped = || PipelineError::Stage("the checkpoint stage stopped".into());
-    while let Some(page) = pages.recv().await {
-        acks.send(Ack::Open(seq, page.complete_through.clone()))
-            .map_err(|_| stopped())?;
-        let first_row = row_index;
-        row_index += page.batch.rows.len() as u64;
-        progress
-            .rows_read
-            .fetch_add(page.batch.rows.len() as u64, Ordering::Relaxed);
-        let mapper = mapper.clone();
-        // Encoding is CPU work: keep it off the async worker threads.
-        let (records, errors) =
-            tokio::task::spawn_blocking(move || encode_page(&mapper, first_row, &page))
-                .await
-                .map_err(|e| PipelineError::Stage(format!("encoding: {e}")))?;
-        for (reason, e) in errors {
-            let counter = if reason == changes::NOT_APPLIED {
-                &progress.deletes_not_applied
-            } else {
-                &progress.rows_invalid
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            log.push(RunRowError {
-                reason,
-                row: Some(e.row),
-                key: e.key,
-                field: e.field,
-                message: e.message,
-            });
+    // Up to `encoders` pages are encoded at once (encoding is CPU work: on blocking threads, off
+    // the async workers); finished pages are taken in page order.
+    let mut encoding = FuturesOrdered::new();
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            page = pages.recv(), if input_open && encoding.len() < encoders => {
+                let Some(page) = page else {
+                    input_open = false;
+                    continue;
+                };
+                acks.send(Ack::Open(seq, page.complete_through.clone()))
+                    .map_err(|_| stopped())?;
+                let first_row = row_index;
+                row_index += page.batch.rows.len() as u64;
+                progress
+                    .rows_read
+                    .fetch_add(page.batch.rows.len() as u64, Ordering::Relaxed);
+                let mapper = mapper.clone();
+                let page_seq = seq;
+                seq += 1;
+                encoding.push_back(tokio::task::spawn_blocking(move || {
+                    let (records, errors) = encode_page(&mapper, first_row, &page);
+                    (page_seq, records, errors)
+                }));
+            }
+            Some(encoded) = encoding.next(), if !encoding.is_empty() => {
+                let (seq, records, errors) =
+                    encoded.map_err(|e| PipelineError::Stage(format!("encoding: {e}")))?;
+                forward_page(seq, records, errors, &shards, &acks, &progress, &log).await?;
+            }
+            else => break,
         }
-        let count = records.len() as u64;
-        for record in records {
-            let shard = (record.route_hash % shards.len() as u64) as usize;
-            shards[shard]
-                .send(ShardItem { seq, record })
-                .await
-                .map_err(|_| PipelineError::Stage("an import shard stopped".into()))?;
-        }
-        acks.send(Ack::Seal(seq, count)).map_err(|_| stopped())?;
-        seq += 1;
     }
     Ok(None)
+}
+
+/// Logs a page's failed rows, routes its records to their shards in chunks, and seals it.
+async fn forward_page(
+    seq: PageSeq,
+    records: Vec<EncodedRecord>,
+    errors: Vec<(&'static str, RowError)>,
+    shards: &[mpsc::Sender<ShardItem>],
+    acks: &mpsc::UnboundedSender<Ack>,
+    progress: &RunProgress,
+    log: &ErrorLog,
+) -> Result<(), PipelineError> {
+    for (reason, e) in errors {
+        let counter = if reason == changes::NOT_APPLIED {
+            &progress.deletes_not_applied
+        } else {
+            &progress.rows_invalid
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        log.push(RunRowError {
+            reason,
+            row: Some(e.row),
+            key: e.key,
+            field: e.field,
+            message: e.message,
+        });
+    }
+    let count = records.len() as u64;
+    let mut routed: Vec<Vec<EncodedRecord>> = vec![Vec::new(); shards.len()];
+    for record in records {
+        let shard = (record.route_hash % shards.len() as u64) as usize;
+        routed[shard].push(record);
+        if routed[shard].len() >= SHARD_CHUNK {
+            let chunk = std::mem::take(&mut routed[shard]);
+            send_chunk(&shards[shard], seq, chunk).await?;
+        }
+    }
+    for (shard, chunk) in routed.into_iter().enumerate() {
+        if !chunk.is_empty() {
+            send_chunk(&shards[shard], seq, chunk).await?;
+        }
+    }
+    acks.send(Ack::Seal(seq, count))
+        .map_err(|_| PipelineError::Stage("the checkpoint stage stopped".into()))
+}
+
+async fn send_chunk(
+    shard: &mpsc::Sender<ShardItem>,
+    seq: PageSeq,
+    records: Vec<EncodedRecord>,
+) -> Result<(), PipelineError> {
+    shard
+        .send(ShardItem { seq, records })
+        .await
+        .map_err(|_| PipelineError::Stage("an import shard stopped".into()))
 }
 
 /// Encodes a page; each failed row comes with its log reason (see [`changes`]). A page of
@@ -369,7 +430,7 @@ async fn import_shard(
     let mut kind: Option<RecordKind> = None;
     let mut seqs: Vec<PageSeq> = Vec::new();
     loop {
-        // Wait for a record; when none is queued right now, send what is pending instead of
+        // Wait for records; when none are queued right now, send what is pending instead of
         // holding it (the checkpoint cannot move past records that sit in a builder).
         let item = match input.try_recv() {
             Ok(item) => Some(item),
@@ -381,37 +442,39 @@ async fn import_shard(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => None,
         };
-        let Some(ShardItem { seq, record }) = item else {
+        let Some(ShardItem { seq, records }) = item else {
             break;
         };
-        let key = record.insert_id.clone();
-        // One endpoint per batch: a sync produces one record kind, but check rather than mix.
-        if kind.is_some_and(|k| k != record.kind) {
-            if let Some(batch) = builder.flush() {
-                send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
-            }
-        }
-        match builder.push(record.json, key.clone()) {
-            Ok(complete) => {
-                // The pushed record is either in `complete` (it filled it) or pending; `send`
-                // takes the batch's pages from the front of `seqs`.
-                kind = Some(record.kind);
-                seqs.push(seq);
-                if let Some(batch) = complete {
+        for record in records {
+            // One endpoint per batch: a sync produces one record kind, but check rather than mix.
+            if kind.is_some_and(|k| k != record.kind) {
+                if let Some(batch) = builder.flush() {
                     send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
                 }
             }
-            Err(e) => {
-                log.push(RunRowError {
-                    reason: "invalid_row",
-                    row: None,
-                    key,
-                    field: "record".into(),
-                    message: e.to_string(),
-                });
-                progress.rows_invalid.fetch_add(1, Ordering::Relaxed);
-                acks.send(Ack::Finished(seq, 1))
-                    .map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
+            let key = record.insert_id;
+            match builder.push(record.json, key.clone()) {
+                Ok(complete) => {
+                    // The pushed record is either in `complete` (it filled it) or pending;
+                    // `send` takes the batch's pages from the front of `seqs`.
+                    kind = Some(record.kind);
+                    seqs.push(seq);
+                    if let Some(batch) = complete {
+                        send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                    }
+                }
+                Err(e) => {
+                    log.push(RunRowError {
+                        reason: "invalid_row",
+                        row: None,
+                        key,
+                        field: "record".into(),
+                        message: e.to_string(),
+                    });
+                    progress.rows_invalid.fetch_add(1, Ordering::Relaxed);
+                    acks.send(Ack::Finished(seq, 1))
+                        .map_err(|_| PipelineError::Stage("checkpoint stopped".into()))?;
+                }
             }
         }
     }
