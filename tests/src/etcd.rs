@@ -24,7 +24,10 @@ pub fn etcd_bin() -> Option<PathBuf> {
 
 /// Whether etcd can be started here: skips loudly (or fails under `FERRY_TEST_FULL=1`) when not.
 pub fn etcd_available() -> bool {
-    crate::require_tool("etcd (FERRY_TEST_ETCD_BIN or /usr/bin/etcd)", etcd_bin().is_some())
+    crate::require_tool(
+        "etcd (FERRY_TEST_ETCD_BIN or /usr/bin/etcd)",
+        etcd_bin().is_some(),
+    )
 }
 
 /// A running (or stopped) single-member etcd.
@@ -193,7 +196,10 @@ impl TestEtcd {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    bail!("etcd exited ({status}) while starting: {}", tail(&self.log()));
+                    bail!(
+                        "etcd exited ({status}) while starting: {}",
+                        tail(&self.log())
+                    );
                 }
             }
             if health(self.client_port) {
@@ -224,7 +230,8 @@ fn health(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }

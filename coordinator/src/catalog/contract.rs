@@ -69,7 +69,10 @@ where
         other => panic!("stale update: {other:?}"),
     }
     let got = store.get_tenant("acme").await.unwrap().unwrap();
-    assert_eq!((got.version, &got.value.spec["name"]), (v2, &"Acme Inc".into()));
+    assert_eq!(
+        (got.version, &got.value.spec["name"]),
+        (v2, &"Acme Inc".into())
+    );
 
     store.create_source(&source("acme", "pg")).await.unwrap();
     store.create_source(&source("other", "pg")).await.unwrap();
@@ -77,8 +80,14 @@ where
         store.create_sync(&sync("acme", "orders", "nope")).await,
         Err(CatalogError::NotFound { what }) if what.contains("source 'nope'")
     ));
-    store.create_sync(&sync("acme", "orders", "pg")).await.unwrap();
-    store.create_sync(&sync("other", "orders", "pg")).await.unwrap();
+    store
+        .create_sync(&sync("acme", "orders", "pg"))
+        .await
+        .unwrap();
+    store
+        .create_sync(&sync("other", "orders", "pg"))
+        .await
+        .unwrap();
 
     let acme: Vec<_> = store.list_syncs("acme").await.unwrap();
     assert_eq!(acme.len(), 1);
@@ -99,7 +108,10 @@ where
     let id = SyncId::new("acme", "orders").unwrap();
     let fence = store.claim(&id, "n1").await.unwrap();
     store
-        .put_run(&fence, &RunRecord::queued(id.clone(), "r1", "i1", Utc::now()))
+        .put_run(
+            &fence,
+            &RunRecord::queued(id.clone(), "r1", "i1", Utc::now()),
+        )
         .await
         .unwrap();
     store.release(&fence).await.unwrap();
@@ -135,7 +147,10 @@ where
         Err(CatalogError::NotFound { what }) => assert!(what.contains(name), "{what}"),
         other => panic!("expected NotFound({name}): {other:?}"),
     };
-    missing(store.update_tenant(&tenant("ghost"), None).await, "tenant 'ghost'");
+    missing(
+        store.update_tenant(&tenant("ghost"), None).await,
+        "tenant 'ghost'",
+    );
     assert!(matches!(
         store.delete_tenant("ghost", false).await,
         Err(CatalogError::NotFound { .. })
@@ -144,19 +159,30 @@ where
         store.delete_token("acme", "nope").await,
         Err(CatalogError::NotFound { .. })
     ));
-    missing(store.create_source(&source("ghost", "pg")).await, "tenant 'ghost'");
+    missing(
+        store.create_source(&source("ghost", "pg")).await,
+        "tenant 'ghost'",
+    );
     store.create_source(&source("acme", "pg")).await.unwrap();
     assert!(matches!(
         store.create_source(&source("acme", "pg")).await,
         Err(CatalogError::AlreadyExists { .. })
     ));
-    missing(store.update_source(&source("acme", "nope"), None).await, "source 'nope'");
+    missing(
+        store.update_source(&source("acme", "nope"), None).await,
+        "source 'nope'",
+    );
 
-    let v1 = store.create_sync(&sync("acme", "orders", "pg")).await.unwrap();
+    let v1 = store
+        .create_sync(&sync("acme", "orders", "pg"))
+        .await
+        .unwrap();
     let id = SyncId::new("acme", "orders").unwrap();
     assert_eq!(store.get_sync(&id).await.unwrap().unwrap().version, v1);
     missing(
-        store.update_sync(&sync("acme", "orders", "gone"), None).await,
+        store
+            .update_sync(&sync("acme", "orders", "gone"), None)
+            .await,
         "source 'gone'",
     );
     let mut paused = sync("acme", "orders", "pg");
@@ -179,7 +205,9 @@ where
         "sync 'ghost'",
     );
     assert!(matches!(
-        store.delete_sync(&SyncId::new("acme", "ghost").unwrap()).await,
+        store
+            .delete_sync(&SyncId::new("acme", "ghost").unwrap())
+            .await,
         Err(CatalogError::NotFound { .. })
     ));
     assert_eq!(store.list_tenants().await.unwrap().len(), 1);

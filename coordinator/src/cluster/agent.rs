@@ -214,20 +214,21 @@ impl Worker {
                         self.scheduler.note_triggered(sync, chrono::Utc::now());
                     }
                     Err(TriggerError::AlreadyRunning { .. }) => {}
-                    Err(e) => tracing::warn!(sync = %sync, error = %e, "interrupted sync not resumed now; its schedule will"),
+                    Err(e) => {
+                        tracing::warn!(sync = %sync, error = %e, "interrupted sync not resumed now; its schedule will")
+                    }
                 }
             }
         }
-        self.assigned
-            .send_if_modified(|current| {
-                let now: BTreeSet<SyncId> = self.known.keys().cloned().collect();
-                if *current == now {
-                    false
-                } else {
-                    *current = now;
-                    true
-                }
-            });
+        self.assigned.send_if_modified(|current| {
+            let now: BTreeSet<SyncId> = self.known.keys().cloned().collect();
+            if *current == now {
+                false
+            } else {
+                *current = now;
+                true
+            }
+        });
         Ok(())
     }
 
@@ -326,7 +327,13 @@ mod tests {
         )
         .unwrap();
         let assigned = agent.assigned();
-        let assigned_now = || assigned.borrow().iter().map(|s| s.sync().to_string()).collect::<Vec<_>>();
+        let assigned_now = || {
+            assigned
+                .borrow()
+                .iter()
+                .map(|s| s.sync().to_string())
+                .collect::<Vec<_>>()
+        };
 
         // Assignments of this node (and one of another node, which it ignores).
         for (node, name) in [("node-1", "s0"), ("node-1", "s1"), ("node-2", "s2")] {
@@ -335,28 +342,47 @@ mod tests {
                 .await
                 .unwrap();
         }
-        wait_until("s0 and s1 are scheduled here", || assigned_now() == ["s0", "s1"]).await;
-        assert!(scheduler.next_due(&id("s0")).is_some(), "hourly: a next time");
+        wait_until("s0 and s1 are scheduled here", || {
+            assigned_now() == ["s0", "s1"]
+        })
+        .await;
+        assert!(
+            scheduler.next_due(&id("s0")).is_some(),
+            "hourly: a next time"
+        );
         assert!(scheduler.next_due(&id("s2")).is_none(), "not this node's");
 
         // Paused in the catalog: still assigned, never due.
         let mut paused = store.get_sync(&id("s1")).await.unwrap().unwrap().value;
         paused.paused = true;
         store.update_sync(&paused, None).await.unwrap();
-        wait_until("s1 is paused here", || scheduler.next_due(&id("s1")).is_none()).await;
+        wait_until("s1 is paused here", || {
+            scheduler.next_due(&id("s1")).is_none()
+        })
+        .await;
 
         // Moved away.
-        client.delete(keys::assignment("node-1", &id("s0")), None).await.unwrap();
+        client
+            .delete(keys::assignment("node-1", &id("s0")), None)
+            .await
+            .unwrap();
         wait_until("s0 is gone from here", || assigned_now() == ["s1"]).await;
         assert!(scheduler.next_due(&id("s0")).is_none());
 
         // The kill switch empties the node at once; a new lease brings the syncs back.
-        client.put(keys::assignment("node-1", &id("s0")), "{}", None).await.unwrap();
+        client
+            .put(keys::assignment("node-1", &id("s0")), "{}", None)
+            .await
+            .unwrap();
         wait_until("s0 is back", || assigned_now() == ["s0", "s1"]).await;
         liveness_tx.send(Liveness::Lost).unwrap();
         let lost = std::time::Instant::now();
         wait_until("nothing runs here", || assigned_now().is_empty()).await;
-        assert!(lost.elapsed() < Duration::from_millis(500), "{:?}", lost.elapsed());
+        assert!(
+            lost.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            lost.elapsed()
+        );
         assert!(scheduler.next_due(&id("s0")).is_none());
         assert!(matches!(
             store.claim(&id("s0"), "node-1").await,
@@ -367,6 +393,9 @@ mod tests {
         wait_until("s0 and s1 are back", || assigned_now() == ["s0", "s1"]).await;
         assert!(scheduler.next_due(&id("s0")).is_some());
         agent.stop().await;
-        assert!(scheduler.next_due(&id("s0")).is_none(), "a stopped agent schedules nothing");
+        assert!(
+            scheduler.next_due(&id("s0")).is_none(),
+            "a stopped agent schedules nothing"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, TxnOp, Txn};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -250,8 +250,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_leader_places_active_syncs_on_live_nodes_and_a_fourth_node_takes_only_its_share()
-    {
+    async fn the_leader_places_active_syncs_on_live_nodes_and_a_fourth_node_takes_only_its_share() {
         let Some((_etcd, settings)) = testing::start() else {
             return;
         };
@@ -265,9 +264,12 @@ mod tests {
         for m in &members {
             m.wait_live(Duration::from_secs(5)).await.unwrap();
         }
-        let election =
-            Election::start(settings.connect_for_waiting().await.unwrap(), "node-1", members[0].liveness())
-                .unwrap();
+        let election = Election::start(
+            settings.connect_for_waiting().await.unwrap(),
+            "node-1",
+            members[0].liveness(),
+        )
+        .unwrap();
         let mut role = election.role();
         let Role::Leader { lease, key } = role.wait_for(|r| r.is_leader()).await.unwrap().clone()
         else {
@@ -276,7 +278,9 @@ mod tests {
 
         let syncs = active_syncs(catalog.as_ref()).await.unwrap();
         assert_eq!(syncs.len(), 30);
-        let first = assign_once(&client, "node-1", lease, &key, &syncs).await.unwrap();
+        let first = assign_once(&client, "node-1", lease, &key, &syncs)
+            .await
+            .unwrap();
         assert_eq!((first.added.len(), first.removed.len()), (30, 0));
         let placed = owners(&all_assignments(&client).await.unwrap());
         assert_eq!(placed.len(), 30);
@@ -285,13 +289,17 @@ mod tests {
             assert!(!mine.is_empty(), "{node} got nothing");
             assert!(mine.iter().all(|s| placed[s] == node));
         }
-        let again = assign_once(&client, "node-1", lease, &key, &syncs).await.unwrap();
+        let again = assign_once(&client, "node-1", lease, &key, &syncs)
+            .await
+            .unwrap();
         assert!(again.is_empty(), "a stable cluster changes nothing");
 
         // A fourth node joins: only its share moves, all of it to the newcomer.
         let fourth = member(&client, "node-4");
         fourth.wait_live(Duration::from_secs(5)).await.unwrap();
-        let joined = assign_once(&client, "node-1", lease, &key, &syncs).await.unwrap();
+        let joined = assign_once(&client, "node-1", lease, &key, &syncs)
+            .await
+            .unwrap();
         println!(
             "30 syncs on 3 nodes, a fourth joins: {} moved ({:.0}%)",
             joined.removed.len(),
@@ -312,7 +320,9 @@ mod tests {
         let mut members = members;
         members.remove(1).leave().await;
         let syncs = active_syncs(catalog.as_ref()).await.unwrap();
-        assign_once(&client, "node-1", lease, &key, &syncs).await.unwrap();
+        assign_once(&client, "node-1", lease, &key, &syncs)
+            .await
+            .unwrap();
         let last = owners(&all_assignments(&client).await.unwrap());
         assert_eq!(last.len(), 29);
         assert!(!last.contains_key(&paused_id));
@@ -333,15 +343,24 @@ mod tests {
         let syncs = active_syncs(catalog.as_ref()).await.unwrap();
 
         // Not (or no longer) the leader: its election key does not exist.
-        let e = assign_once(&client, "node-1", 42, "/ferry/v1/election/coordinator/2a", &syncs)
-            .await
-            .unwrap_err();
+        let e = assign_once(
+            &client,
+            "node-1",
+            42,
+            "/ferry/v1/election/coordinator/2a",
+            &syncs,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("no longer the coordinator"), "{e}");
         assert!(all_assignments(&client).await.unwrap().is_empty());
 
-        let election =
-            Election::start(settings.connect_for_waiting().await.unwrap(), "node-1", node.liveness())
-                .unwrap();
+        let election = Election::start(
+            settings.connect_for_waiting().await.unwrap(),
+            "node-1",
+            node.liveness(),
+        )
+        .unwrap();
         let looping = tokio::spawn(run(
             client.clone(),
             catalog.clone(),

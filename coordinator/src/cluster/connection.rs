@@ -144,7 +144,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(value.as_deref(), Some(&b"1"[..]), "the data survived the restart");
+        assert_eq!(
+            value.as_deref(),
+            Some(&b"1"[..]),
+            "the data survived the restart"
+        );
     }
 
     #[tokio::test]

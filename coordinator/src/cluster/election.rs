@@ -24,7 +24,10 @@ use crate::store::StoreError;
 pub enum Role {
     Follower,
     /// Confirmed leader: `key` is its election key, attached to `lease`.
-    Leader { lease: i64, key: String },
+    Leader {
+        lease: i64,
+        key: String,
+    },
 }
 
 impl Role {
@@ -236,7 +239,8 @@ impl Candidate {
     /// The win counts only if the lease is still alive (a keep-alive succeeds now, after the
     /// win) and etcd names this candidate's key as the leader.
     async fn confirm(&mut self, lease: i64, key: &str) -> Result<bool, StoreError> {
-        let renewed = tokio::time::timeout(Duration::from_secs(5), self.client.lease_keep_alive(lease)).await;
+        let renewed =
+            tokio::time::timeout(Duration::from_secs(5), self.client.lease_keep_alive(lease)).await;
         match renewed {
             Ok(Ok(_)) => {}
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
@@ -249,12 +253,15 @@ impl Candidate {
                 ))
             }
         }
-        let leader = tokio::time::timeout(Duration::from_secs(5), self.client.leader(keys::ELECTION))
-            .await
-            .map_err(|_| StoreError::Unavailable("asking for the leader: no answer".into()))?;
+        let leader =
+            tokio::time::timeout(Duration::from_secs(5), self.client.leader(keys::ELECTION))
+                .await
+                .map_err(|_| StoreError::Unavailable("asking for the leader: no answer".into()))?;
         match leader {
             Ok(resp) => Ok(resp.kv().is_some_and(|kv| kv.key() == key.as_bytes())),
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("no leader") => Ok(false),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("no leader") => {
+                Ok(false)
+            }
             Err(e) => Err(store_error("asking for the leader", e)),
         }
     }
@@ -266,7 +273,11 @@ impl Candidate {
             if watch.is_none() {
                 // Replaying from the key's creation: a deletion between the win and now is seen.
                 let options = WatchOptions::new().with_start_revision(leader.rev());
-                match self.client.watch(leader.key().to_vec(), Some(options)).await {
+                match self
+                    .client
+                    .watch(leader.key().to_vec(), Some(options))
+                    .await
+                {
                     Ok(stream) => watch = Some(stream),
                     Err(e) => tracing::debug!(error = %e, "watching the leader key; retrying"),
                 }
@@ -383,7 +394,10 @@ mod tests {
             !wait_role(&mut role_b, true, Duration::from_secs(1)).await,
             "two leaders"
         );
-        assert_eq!(current_leader(&client).await.unwrap().as_deref(), Some("node-a"));
+        assert_eq!(
+            current_leader(&client).await.unwrap().as_deref(),
+            Some("node-a")
+        );
         let observed = observe(client.clone());
 
         // node-a dies: no more renewals, nothing revoked or resigned.
@@ -400,7 +414,10 @@ mod tests {
             takeover <= ttl + Duration::from_secs(1),
             "takeover took {takeover:?}"
         );
-        assert_eq!(current_leader(&client).await.unwrap().as_deref(), Some("node-b"));
+        assert_eq!(
+            current_leader(&client).await.unwrap().as_deref(),
+            Some("node-b")
+        );
         let mut observed = observed;
         tokio::time::timeout(
             Duration::from_secs(2),
@@ -458,7 +475,12 @@ mod tests {
         let (b, lease_b, _liveness_b, client) = manual_candidate(&settings, "node-b", 2).await;
         let mut role_b = b.role();
         tokio::time::sleep(Duration::from_millis(3500)).await;
-        let ttl = client.clone().lease_time_to_live(lease_b, None).await.unwrap().ttl();
+        let ttl = client
+            .clone()
+            .lease_time_to_live(lease_b, None)
+            .await
+            .unwrap()
+            .ttl();
         assert!(ttl <= 0, "node-b's lease expired (ttl {ttl})");
 
         a.resign().await;

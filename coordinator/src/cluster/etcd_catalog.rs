@@ -13,8 +13,7 @@
 
 use async_trait::async_trait;
 use etcd_client::{
-    Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp,
-    TxnOpResponse, TxnResponse,
+    Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -111,7 +110,10 @@ impl EtcdStore {
             .map_err(|e| store_error(what, e))?)
     }
 
-    async fn cat_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Stored<T>>, CatalogError> {
+    async fn cat_get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Stored<T>>, CatalogError> {
         let resp = self
             .client()
             .get(key, None)
@@ -148,7 +150,10 @@ impl EtcdStore {
         value: &T,
     ) -> Result<u64, CatalogError> {
         let mut compares = vec![absent(&key)];
-        let mut diagnose = vec![TxnOp::get(key.as_str(), Some(GetOptions::new().with_keys_only()))];
+        let mut diagnose = vec![TxnOp::get(
+            key.as_str(),
+            Some(GetOptions::new().with_keys_only()),
+        )];
         if let Some((parent_key, _)) = &parent {
             compares.push(exists(parent_key));
             diagnose.push(TxnOp::get(
@@ -185,7 +190,10 @@ impl EtcdStore {
             Some(v) => Compare::mod_revision(key.as_str(), CompareOp::Equal, v as i64),
             None => exists(&key),
         }];
-        let mut diagnose = vec![TxnOp::get(key.as_str(), Some(GetOptions::new().with_keys_only()))];
+        let mut diagnose = vec![TxnOp::get(
+            key.as_str(),
+            Some(GetOptions::new().with_keys_only()),
+        )];
         if let Some((required, _)) = &requires {
             compares.push(exists(required));
             diagnose.push(TxnOp::get(
@@ -443,7 +451,10 @@ impl Catalog for EtcdStore {
                 return Err(CatalogError::InUse { what, by });
             }
             let txn = Txn::new()
-                .when([exists(&key), unchanged_since(&cat::syncs_of(tenant), read_at)])
+                .when([
+                    exists(&key),
+                    unchanged_since(&cat::syncs_of(tenant), read_at),
+                ])
                 .and_then([TxnOp::delete(key.as_str(), None)]);
             if self
                 .cat_txn(&format!("deleting {what}"), txn)
@@ -580,17 +591,25 @@ mod tests {
         let Some((store, _etcd, _lease)) = store().await else {
             return;
         };
-        store.create_tenant(&contract::tenant("acme")).await.unwrap();
+        store
+            .create_tenant(&contract::tenant("acme"))
+            .await
+            .unwrap();
         for round in 0..10 {
             let id = format!("pg{round}");
-            store.create_source(&contract::source("acme", &id)).await.unwrap();
+            store
+                .create_source(&contract::source("acme", &id))
+                .await
+                .unwrap();
             let sync = contract::sync("acme", &format!("s{round}"), &id);
             let (created, deleted) =
                 tokio::join!(store.create_sync(&sync), store.delete_source("acme", &id));
             match (created.is_ok(), deleted.is_ok()) {
                 (true, false) => assert!(matches!(deleted, Err(CatalogError::InUse { .. }))),
                 (false, true) => assert!(matches!(created, Err(CatalogError::NotFound { .. }))),
-                other => panic!("round {round}: create {created:?}, delete {deleted:?} ({other:?})"),
+                other => {
+                    panic!("round {round}: create {created:?}, delete {deleted:?} ({other:?})")
+                }
             }
         }
         // Every sync that exists reads a source that exists.

@@ -123,7 +123,10 @@ impl EtcdStore {
         let txn = Txn::new()
             .when([fence_compare(fence)])
             .and_then(ops)
-            .or_else([TxnOp::get(owner_key, Some(GetOptions::new().with_keys_only()))]);
+            .or_else([TxnOp::get(
+                owner_key,
+                Some(GetOptions::new().with_keys_only()),
+            )]);
         let resp = self.txn(what, txn).await?;
         if resp.succeeded() {
             Ok(resp)
@@ -449,7 +452,11 @@ mod tests {
             .unwrap()
             .kvs()[0]
             .clone();
-        assert_eq!(owner_kv.lease(), lease, "the claim rides on the node's lease");
+        assert_eq!(
+            owner_kv.lease(),
+            lease,
+            "the claim rides on the node's lease"
+        );
         assert_eq!(owner_kv.create_revision() as u64, fence.token());
 
         // The node dies: its lease ends, and its claims with it.

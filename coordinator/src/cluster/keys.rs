@@ -42,9 +42,10 @@ pub fn parse_assignment(key: &str) -> Result<(String, SyncId), StoreError> {
     let rest = key.strip_prefix(ASSIGNMENTS).ok_or_else(bad)?;
     let mut parts = rest.split('/');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(node), Some(tenant), Some(sync), None) if is_valid_segment(node) => {
-            Ok((node.to_string(), SyncId::new(tenant, sync).map_err(|_| bad())?))
-        }
+        (Some(node), Some(tenant), Some(sync), None) if is_valid_segment(node) => Ok((
+            node.to_string(),
+            SyncId::new(tenant, sync).map_err(|_| bad())?,
+        )),
         _ => Err(bad()),
     }
 }

@@ -124,12 +124,7 @@ impl Membership {
             load: load_rx.clone(),
             shutdown: shutdown_rx,
         };
-        let publisher = tokio::spawn(publish_load(
-            client,
-            settings,
-            liveness.clone(),
-            load_rx,
-        ));
+        let publisher = tokio::spawn(publish_load(client, settings, liveness.clone(), load_rx));
         let holder = tokio::spawn(holder.run());
         Ok(Self {
             liveness,
@@ -245,11 +240,16 @@ impl LeaseHolder {
         if let Some(lease) = previous {
             let revoke = self.client.lease_revoke(lease);
             match tokio::time::timeout(Duration::from_secs(2), revoke).await {
-                Ok(Ok(_)) => tracing::info!(node = %self.settings.node_id, lease, "left the cluster"),
+                Ok(Ok(_)) => {
+                    tracing::info!(node = %self.settings.node_id, lease, "left the cluster")
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(lease, error = %e, "lease not revoked on leaving; it expires on its own")
                 }
-                Err(_) => tracing::warn!(lease, "lease not revoked on leaving (etcd did not answer); it expires on its own"),
+                Err(_) => tracing::warn!(
+                    lease,
+                    "lease not revoked on leaving (etcd did not answer); it expires on its own"
+                ),
             }
         }
     }
@@ -452,7 +452,12 @@ mod tests {
         let lease = member.wait_live(Duration::from_secs(5)).await.unwrap();
         let record = record_of(&client, "11").await.unwrap();
         assert_eq!(
-            (record.address.as_str(), record.capacity, record.lease, record.load),
+            (
+                record.address.as_str(),
+                record.capacity,
+                record.lease,
+                record.load
+            ),
             ("127.0.0.1:711", 4, lease, 0)
         );
 
@@ -488,11 +493,17 @@ mod tests {
         let mut liveness = member.liveness();
         // Let a few renewals happen, so the switch is measured from a steady state.
         tokio::time::sleep(s.ttl).await;
-        assert_eq!(*liveness.borrow_and_update(), Liveness::Live { lease: first });
+        assert_eq!(
+            *liveness.borrow_and_update(),
+            Liveness::Live { lease: first }
+        );
 
         etcd.kill().unwrap();
         let tripped = wait_lost(&mut liveness, s.ttl).await;
-        println!("kill switch tripped {tripped:?} after etcd died (TTL {:?})", s.ttl);
+        println!(
+            "kill switch tripped {tripped:?} after etcd died (TTL {:?})",
+            s.ttl
+        );
         assert!(
             tripped <= s.lost_after() + Duration::from_millis(500),
             "tripped after {tripped:?}; the lease could end {:?} after the last renewal",
@@ -508,7 +519,11 @@ mod tests {
             .lease_time_to_live(first, None)
             .await
             .unwrap();
-        assert!(old.ttl() <= 0, "the old lease was revoked: ttl {}", old.ttl());
+        assert!(
+            old.ttl() <= 0,
+            "the old lease was revoked: ttl {}",
+            old.ttl()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +570,11 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        println!("node record gone {:?} after renewals stopped (TTL {:?})", died.elapsed(), s.ttl);
+        println!(
+            "node record gone {:?} after renewals stopped (TTL {:?})",
+            died.elapsed(),
+            s.ttl
+        );
     }
 
     #[test]

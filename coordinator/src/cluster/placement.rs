@@ -37,8 +37,7 @@ impl NodeWeight {
 
 /// A uniform number in (0, 1), never 0 or 1, from the pair's ids.
 fn unit_hash(node_id: &str, sync: &SyncId) -> f64 {
-    let mut bytes =
-        Vec::with_capacity(node_id.len() + sync.tenant().len() + sync.sync().len() + 2);
+    let mut bytes = Vec::with_capacity(node_id.len() + sync.tenant().len() + sync.sync().len() + 2);
     bytes.extend_from_slice(node_id.as_bytes());
     bytes.push(0);
     bytes.extend_from_slice(sync.tenant().as_bytes());

@@ -53,7 +53,9 @@ macro_rules! state_store_contract {
 }
 pub(crate) use state_store_contract;
 
-pub(crate) async fn a_claimed_sync_cannot_be_claimed_again_until_released(store: Arc<dyn StateStore>) {
+pub(crate) async fn a_claimed_sync_cannot_be_claimed_again_until_released(
+    store: Arc<dyn StateStore>,
+) {
     let orders = sync("orders");
     let first = store.claim(&orders, "node-a").await.unwrap();
     for node in ["node-a", "node-b"] {
