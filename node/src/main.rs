@@ -6,6 +6,7 @@ mod node_cmd;
 mod quickstart;
 mod receiver_cmd;
 mod runs;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -28,10 +29,13 @@ enum Command {
     /// Demo everything on this machine: a SQLite warehouse, a receiver, an embedded node, one
     /// sync of each table type. Under a minute; leaves its data in a folder.
     Quickstart(quickstart::QuickstartArgs),
-    /// Run a node: the syncs of a config file, with an embedded state store.
+    /// Run a node with an embedded state store: the syncs of a config file, or (--listen) the
+    /// admin API and the syncs defined through it.
     Node(node_cmd::NodeArgs),
     /// Run a local Mixpanel-compatible ingestion and export server (for dry runs and tests).
     Receiver(receiver_cmd::ReceiverArgs),
+    /// Print a new random key for sealing stored credentials (FERRY_SECRET_KEY), or a token.
+    SecretKey,
     #[command(flatten)]
     Admin(cli::AdminCommand),
 }
@@ -47,6 +51,19 @@ fn init_logging(format: &str, default_level: &str) {
     } else {
         builder.init();
     }
+}
+
+/// `ferry secret-key`: the key on stdout (for `$(...)` and files), how to use it on stderr.
+fn print_secret_key() {
+    println!(
+        "{}",
+        ferry_coordinator::secrets::SecretBox::generate_base64()
+    );
+    eprintln!(
+        "Give this to every node as FERRY_SECRET_KEY (or in a file named by FERRY_SECRET_KEY_FILE, \
+         e.g. a Kubernetes Secret). Keep it: stored credentials cannot be read without it. \
+         A second run prints another, usable as FERRY_OPERATOR_TOKEN."
+    );
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +90,10 @@ fn main() -> std::process::ExitCode {
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Node(args) => node_cmd::run(args).await,
             Command::Receiver(args) => receiver_cmd::run(args).await,
+            Command::SecretKey => {
+                print_secret_key();
+                Ok(())
+            }
             Command::Admin(command) => cli::run(command).await.map_err(anyhow::Error::from),
         }
     });

@@ -1,5 +1,6 @@
 //! `ferry node`: one node with its embedded state store, running the syncs of its config file
-//! on their schedules (or each once, with `--once`).
+//! on their schedules (or each once, with `--once`), or — with `--listen` — serving the admin
+//! API and running the syncs defined through it (see `serve`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,14 +11,33 @@ use chrono::Utc;
 use clap::Args;
 use indicatif::MultiProgress;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, NodeSettings};
 use crate::runs::{embedded_runner, failed, print_errors, run_with_progress, summary};
 
 #[derive(Args)]
 pub struct NodeArgs {
-    /// The node's TOML configuration (tenants, sources, syncs, node settings).
+    /// The node's TOML configuration (tenants, sources, syncs, node settings). With --listen,
+    /// only its [node] settings are used.
     #[arg(long, env = "FERRY_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Serve the admin API (gRPC, with reflection and health, and the HTTP trigger URLs) on
+    /// this address, e.g. 0.0.0.0:7700. Tenants, sources and syncs are then managed through it.
+    /// Needs FERRY_OPERATOR_TOKEN (or --operator-token-file) and FERRY_SECRET_KEY (or
+    /// FERRY_SECRET_KEY_FILE).
+    #[arg(long, env = "FERRY_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// A file holding the operator token (e.g. a mounted Kubernetes Secret), instead of
+    /// FERRY_OPERATOR_TOKEN.
+    #[arg(long, env = "FERRY_OPERATOR_TOKEN_FILE")]
+    operator_token_file: Option<PathBuf>,
+    /// The node's public base URL, from which each sync's HTTP trigger URL is made (e.g.
+    /// https://ferry.example.com). Without it no trigger URLs are handed out (the endpoint
+    /// still answers on the API port).
+    #[arg(long, env = "FERRY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// HTTP triggers allowed per sync, as COUNT/WINDOW.
+    #[arg(long, env = "FERRY_TRIGGER_LIMIT", default_value = "5/1h", value_parser = crate::serve::parse_trigger_limit)]
+    trigger_limit: ferry_coordinator::trigger_http::TriggerLimit,
     /// Directory of the embedded state store (default: node.data_dir, else ./ferry-data).
     #[arg(long = "data", env = "FERRY_DATA")]
     data: Option<PathBuf>,
@@ -30,12 +50,19 @@ pub struct NodeArgs {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(&args.config)?;
-    let mut jobs = cfg.jobs(&args.config)?;
+    if let Some(listen) = args.listen {
+        return serve(args, listen).await;
+    }
+    let Some(config) = args.config.clone() else {
+        bail!("give --config FILE (run the syncs of a file) or --listen ADDR (serve the admin API)");
+    };
+    let config_path = config;
+    let cfg = NodeConfig::load(&config_path)?;
+    let mut jobs = cfg.jobs(&config_path)?;
     if !args.only.is_empty() {
         for id in &args.only {
             if !jobs.iter().any(|j| &j.sync.id == id) {
-                bail!("--sync {id}: no such sync in {}", args.config.display());
+                bail!("--sync {id}: no such sync in {}", config_path.display());
             }
         }
         jobs.retain(|j| args.only.contains(&j.sync.id));
@@ -68,7 +95,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if scheduled.is_empty() {
         bail!(
             "no sync in {} has a schedule; give one (e.g. schedule = \"hourly\") or use --once",
-            args.config.display()
+            config_path.display()
         );
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -107,4 +134,39 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// `--listen`: the admin API. A config file, if given, may only hold [node] settings.
+async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    if args.once || !args.only.is_empty() {
+        bail!("--once and --sync run the syncs of a config file; with --listen, trigger syncs through the API");
+    }
+    let settings = match &args.config {
+        Some(path) => {
+            let cfg = NodeConfig::load(path)?;
+            if !(cfg.tenants.is_empty() && cfg.sources.is_empty() && cfg.syncs.is_empty()) {
+                bail!(
+                    "{}: with --listen, tenants, sources and syncs are created through the admin API; keep only [node] in the file",
+                    path.display()
+                );
+            }
+            cfg.node
+        }
+        None => NodeSettings::default(),
+    };
+    let data_dir = args
+        .data
+        .or(settings.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("ferry-data"));
+    crate::serve::run(
+        &settings,
+        crate::serve::ServeOptions {
+            listen,
+            data_dir,
+            operator_token_file: args.operator_token_file,
+            public_url: args.public_url,
+            trigger_limit: args.trigger_limit,
+        },
+    )
+    .await
 }

@@ -29,7 +29,12 @@ pub async fn embedded_runner(
     .context("opening the state store")?
     .with_context(|| format!("opening the state store in {}", data_dir.display()))?;
     let store: Arc<dyn StateStore> = Arc::new(store);
-    let runner_settings = RunnerSettings {
+    Ok(Arc::new(SyncRunner::new(store, runner_settings(settings))))
+}
+
+/// The runner's settings from the node's.
+pub fn runner_settings(settings: &NodeSettings) -> RunnerSettings {
+    RunnerSettings {
         node_id: settings.id.clone(),
         page_size: settings.page_size.max(1),
         pipeline: PipelineSettings {
@@ -42,8 +47,7 @@ pub async fn embedded_runner(
         },
         receiver_extensions: settings.receiver_extensions,
         ..Default::default()
-    };
-    Ok(Arc::new(SyncRunner::new(store, runner_settings)))
+    }
 }
 
 /// Runs one job with a progress line that shows rows read and records acknowledged.
