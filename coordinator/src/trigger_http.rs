@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::records::SyncId;
-use crate::schedule::{Clock, SyncTrigger, TriggerError, TriggerReason};
+use crate::schedule::{Clock, Scheduler, SyncTrigger, TriggerError, TriggerReason};
 
 /// The URL the admin API hands out for a sync, from the node's public base URL
 /// (`https://ferry.example.com`, with or without a trailing slash).
@@ -88,6 +88,7 @@ pub struct TriggerHttp {
     clock: Arc<dyn Clock>,
     limit: TriggerLimit,
     recent: Arc<Mutex<HashMap<SyncId, VecDeque<DateTime<Utc>>>>>,
+    scheduler: Option<Scheduler>,
 }
 
 impl TriggerHttp {
@@ -103,7 +104,15 @@ impl TriggerHttp {
             clock,
             limit,
             recent: Arc::default(),
+            scheduler: None,
         }
+    }
+
+    /// Tells `scheduler` of every run started here, so an `every N` schedule counts its
+    /// interval from that run.
+    pub fn with_scheduler(mut self, scheduler: Scheduler) -> Self {
+        self.scheduler = Some(scheduler);
+        self
     }
 
     /// `Err(retry after)` when the sync has used its budget.
@@ -250,6 +259,9 @@ async fn trigger(
     match state.trigger.trigger(&sync_id, TriggerReason::Http).await {
         Ok(run_id) => {
             state.count(&sync_id, now);
+            if let Some(scheduler) = &state.scheduler {
+                scheduler.note_triggered(&sync_id, now);
+            }
             tracing::info!(sync = %sync_id, run = %run_id, "run triggered over HTTP");
             (
                 StatusCode::ACCEPTED,

@@ -149,12 +149,15 @@ pub async fn start(
         Some(scheduler.clone()),
         config.admin.clone(),
     );
-    let http_trigger = trigger_http::router(TriggerHttp::new(
-        trigger,
-        Arc::new(auth),
-        config.clock.clone(),
-        config.trigger_limit,
-    ));
+    let http_trigger = trigger_http::router(
+        TriggerHttp::new(
+            trigger,
+            Arc::new(auth),
+            config.clock.clone(),
+            config.trigger_limit,
+        )
+        .with_scheduler(scheduler.clone()),
+    );
     let mut api = routes(admin).await?;
     let merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
     *api.axum_router_mut() = merged;

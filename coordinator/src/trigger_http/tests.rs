@@ -328,3 +328,53 @@ fn trigger_urls() {
         "http://10.0.0.5:7070/v1/tenants/acme/syncs/orders/trigger"
     );
 }
+
+#[tokio::test]
+async fn an_http_run_restarts_an_every_schedules_interval() {
+    let clock = ManualClock::new(Utc::now());
+    let mut runs = Runs::default();
+    runs.known.insert(sync_id("acme", "orders"));
+    let manager = Arc::new(FakeManager(Mutex::new(runs)));
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        crate::EmbeddedStore::open_in(dir.path(), crate::EmbeddedSettings::default()).unwrap();
+    let scheduler = crate::schedule::Scheduler::new(
+        Arc::new(clock.clone()),
+        manager.clone(),
+        Arc::new(store),
+        Default::default(),
+    );
+    let orders = sync_id("acme", "orders");
+    let every = ferry_core::schedule::Schedule::parse("every 2h", None).unwrap();
+    scheduler.upsert(orders.clone(), every, false).await;
+    scheduler.note_triggered(&orders, clock.now());
+    clock.advance(Span::minutes(30));
+
+    let state = TriggerHttp::new(
+        manager.clone(),
+        Arc::new(Tokens),
+        Arc::new(clock.clone()),
+        TriggerLimit::default(),
+    )
+    .with_scheduler(scheduler.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = trigger_url(
+        &format!("http://{}", listener.local_addr().unwrap()),
+        &orders,
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router(state)).await.unwrap();
+    });
+    let response = reqwest::Client::new()
+        .put(&url)
+        .bearer_auth("acme-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), Status::ACCEPTED);
+    assert_eq!(
+        scheduler.next_due(&orders),
+        Some(clock.now() + Span::hours(2))
+    );
+    task.abort();
+}
