@@ -218,7 +218,9 @@ fn assert_exact(got: &BTreeMap<i64, Json>, expected: &BTreeMap<i64, Json>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_cycles_on_redshift_match_the_source_exactly() {
     // 40 rows per result page: the change reads span many GetStatementResult pages.
-    let Some(w) = world(40, 100).await else { return };
+    let Some(w) = world(40, 100).await else {
+        return;
+    };
     w.rig.pg.sql(ORDERS).unwrap();
     insert_orders(&w.rig, 1, 600);
     let spec = sync("id='orders'\ntable='public.orders'\ntable_type='events'\n[mapping]\nevent_name='Order'\ntime_column='created_at'\ndistinct_id_column='user_id'\nkey_columns=['id']\n");
@@ -233,10 +235,10 @@ async fn event_cycles_on_redshift_match_the_source_exactly() {
     let statements = w.rig.standin.statements();
     let all_sql: Vec<&String> = statements.iter().flat_map(|s| s.sqls.iter()).collect();
     assert!(
-        all_sql
-            .iter()
-            .any(|s| s.contains("DISTKEY(\"_mp_key_hash\") SORTKEY(\"_mp_key_hash\")")
-                && s.contains("JSON_SERIALIZE(src.\"meta\")")),
+        all_sql.iter().any(
+            |s| s.contains("DISTKEY(\"_mp_key_hash\") SORTKEY(\"_mp_key_hash\")")
+                && s.contains("JSON_SERIALIZE(src.\"meta\")")
+        ),
         "{all_sql:#?}"
     );
     assert!(all_sql.iter().any(|s| s.contains(":p1")), "{all_sql:#?}");
@@ -252,7 +254,9 @@ async fn event_cycles_on_redshift_match_the_source_exactly() {
         .unwrap();
     w.rig
         .pg
-        .sql("UPDATE orders SET note = NULL WHERE id = 3; UPDATE orders SET note = '' WHERE id = 4;")
+        .sql(
+            "UPDATE orders SET note = NULL WHERE id = 3; UPDATE orders SET note = '' WHERE id = 4;",
+        )
         .unwrap();
     w.rig
         .pg
@@ -288,7 +292,9 @@ async fn event_cycles_on_redshift_match_the_source_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_rows_collapse_and_profiles_follow_sets_unsets_deletes_on_redshift() {
-    let Some(w) = world(1000, 100).await else { return };
+    let Some(w) = world(1000, 100).await else {
+        return;
+    };
     w.rig
         .pg
         .sql("CREATE TABLE clicks (user_id varchar(8), at timestamptz, page varchar(16));")
@@ -296,7 +302,10 @@ async fn keyless_rows_collapse_and_profiles_follow_sets_unsets_deletes_on_redshi
     w.rig.pg.sql("INSERT INTO clicks VALUES ('u1', '2024-01-01T00:00:00Z', '/a'), ('u1', '2024-01-01T00:00:00Z', '/a'), ('u2', '2024-01-02T00:00:00Z', '/b'), ('u3', '2024-01-03T00:00:00Z', NULL), ('u3', '2024-01-03T00:00:00Z', '');").unwrap();
     let clicks = sync("id='clicks'\ntable='clicks'\ntable_type='events'\n[mapping]\nevent_name='Click'\ntime_column='at'\ndistinct_id_column='user_id'\n");
     let first = w.ok(&clicks).await;
-    assert_eq!(first.counts.changes_inserted, 4, "two identical rows are one");
+    assert_eq!(
+        first.counts.changes_inserted, 4,
+        "two identical rows are one"
+    );
     w.rig
         .pg
         .sql("UPDATE clicks SET page = '/c' WHERE user_id = 'u2';")
@@ -353,13 +362,22 @@ async fn keyless_rows_collapse_and_profiles_follow_sets_unsets_deletes_on_redshi
     );
     let state = w.state().await;
     assert_eq!(got(&state), expected(&w));
-    assert!(state["profiles"]["u2"]["properties"].get("name").is_none(), "$unset");
+    assert!(
+        state["profiles"]["u2"]["properties"].get("name").is_none(),
+        "$unset"
+    );
     assert!(state["profiles"].get("u4").is_none(), "$delete");
 
     // A nullable column added at the end re-sends nothing; filling it sends that row.
-    w.rig.pg.sql("ALTER TABLE users ADD COLUMN tier varchar(8);").unwrap();
+    w.rig
+        .pg
+        .sql("ALTER TABLE users ADD COLUMN tier varchar(8);")
+        .unwrap();
     let widened = w.ok(&users).await;
-    assert_eq!(widened.counts.records_sent, 0, "adding a column re-sends nothing");
+    assert_eq!(
+        widened.counts.records_sent, 0,
+        "adding a column re-sends nothing"
+    );
     w.rig
         .pg
         .sql("UPDATE users SET tier = 'gold' WHERE uid = 'u1';")
@@ -374,7 +392,9 @@ async fn keyless_rows_collapse_and_profiles_follow_sets_unsets_deletes_on_redshi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redshift_dialect_hashes_rows_as_postgres_does_for_every_type() {
-    let Some(rig) = Rig::start(1000).await else { return };
+    let Some(rig) = Rig::start(1000).await else {
+        return;
+    };
     rig.pg.sql("CREATE TABLE typed (i int, b bigint, t varchar(64), e varchar(8), f float8, r real, n numeric(12,3), ok boolean, d date, ts timestamp, tz timestamptz, j jsonb, by bytea, tail varchar(8));").unwrap();
     rig.pg.sql("INSERT INTO typed VALUES \
         (1, -9007199254740993, 'abc', '', 1.5, 1.1, 12.5, true, '2024-02-29', '2024-01-01 03:04:05.25', '2024-01-01 05:00:00.12+02', '{\"b\": [1, \"x\"], \"a\": null}', '\\xdead', NULL), \
@@ -417,10 +437,12 @@ async fn the_redshift_dialect_hashes_rows_as_postgres_does_for_every_type() {
             .await
             .unwrap();
         let rows = wh
-            .query(&ferry_connectors::warehouse::mirror::Statement::new(format!(
-                "SELECT CAST(\"i\" AS VARCHAR(16)), \"_mp_row_hash\" FROM {} ORDER BY 2",
-                sql.table(name)
-            )))
+            .query(&ferry_connectors::warehouse::mirror::Statement::new(
+                format!(
+                    "SELECT CAST(\"i\" AS VARCHAR(16)), \"_mp_row_hash\" FROM {} ORDER BY 2",
+                    sql.table(name)
+                ),
+            ))
             .await
             .unwrap();
         hashes.push(rows.rows);

@@ -51,8 +51,13 @@ async fn read_all(w: &RedshiftWarehouse, req: ReadRequest) -> Result<Vec<Page>, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_tests_pass_for_clusters_workgroups_and_each_login_after_polling() {
-    let Some(rig) = Rig::start(1000).await else { return };
-    rig.warehouse().test_connection().await.expect("cluster + secret");
+    let Some(rig) = Rig::start(1000).await else {
+        return;
+    };
+    rig.warehouse()
+        .test_connection()
+        .await
+        .expect("cluster + secret");
 
     let mut db_user = rig.options();
     db_user.secret_arn = None;
@@ -91,7 +96,9 @@ async fn connection_tests_pass_for_clusters_workgroups_and_each_login_after_poll
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_failures_say_what_failed() {
-    let Some(rig) = Rig::start(1000).await else { return };
+    let Some(rig) = Rig::start(1000).await else {
+        return;
+    };
     let fails = |options| {
         let w = rig.warehouse_with(options);
         async move { w.test_connection().await.expect_err("must fail") }
@@ -101,12 +108,14 @@ async fn connection_failures_say_what_failed() {
     o.secret_arn = Some(STALE_SECRET.into());
     let e = fails(o).await;
     assert!(matches!(e, WarehouseError::Authentication(_)), "{e:?}");
-    assert!(e.to_string().contains("password authentication failed"), "{e}");
+    assert!(
+        e.to_string().contains("password authentication failed"),
+        "{e}"
+    );
     assert_eq!(e.class(), ErrorClass::Fatal);
 
     let mut o = rig.options();
-    o.secret_arn =
-        Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:nobody-knows".into());
+    o.secret_arn = Some("arn:aws:secretsmanager:us-east-1:000000000000:secret:nobody-knows".into());
     let e = fails(o).await;
     assert!(matches!(e, WarehouseError::Authentication(_)), "{e:?}");
     assert!(e.to_string().contains("secret"), "{e}");
@@ -121,7 +130,10 @@ async fn connection_failures_say_what_failed() {
     o.access_key_id = Some(DENIED_KEY_ID.into());
     let e = fails(o).await;
     assert!(matches!(e, WarehouseError::Privilege(_)), "{e:?}");
-    assert!(e.to_string().contains("redshift-data:ExecuteStatement"), "{e}");
+    assert!(
+        e.to_string().contains("redshift-data:ExecuteStatement"),
+        "{e}"
+    );
 
     let mut o = rig.options();
     o.cluster_identifier = Some("no-such-cluster".into());
@@ -155,7 +167,10 @@ async fn connection_failures_say_what_failed() {
     let mut o = rig.options();
     o.secret_arn = Some(LIMITED_SECRET.into());
     let limited = rig.warehouse_with(o);
-    limited.test_connection().await.expect("the login itself works");
+    limited
+        .test_connection()
+        .await
+        .expect("the login itself works");
     let e = limited
         .preview(&table("private_things"), 5)
         .await
@@ -178,7 +193,9 @@ async fn connection_failures_say_what_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_and_classified_retryable_when_it_persists() {
-    let Some(rig) = Rig::start(1000).await else { return };
+    let Some(rig) = Rig::start(1000).await else {
+        return;
+    };
     rig.standin.throttle_next(2);
     rig.warehouse()
         .test_connection()
@@ -191,7 +208,11 @@ async fn throttling_is_retried_and_classified_retryable_when_it_persists() {
     );
 
     rig.standin.throttle_next(100);
-    let e = rig.warehouse().test_connection().await.expect_err("throttled");
+    let e = rig
+        .warehouse()
+        .test_connection()
+        .await
+        .expect_err("throttled");
     assert!(matches!(e, WarehouseError::Throttled(_)), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Retryable);
     rig.standin.throttle_next(0);
@@ -199,7 +220,9 @@ async fn throttling_is_retried_and_classified_retryable_when_it_persists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_columns_types_and_preview_map_from_redshift() {
-    let Some(rig) = Rig::start(1000).await else { return };
+    let Some(rig) = Rig::start(1000).await else {
+        return;
+    };
     // jsonb plays SUPER and bytea VARBYTE on the stand-in.
     rig.pg
         .sql(
@@ -295,12 +318,22 @@ async fn tables_columns_types_and_preview_map_from_redshift() {
             Value::Text("12:34:56".into()),
         ]
     );
-    assert!(preview.rows[1].iter().all(Value::is_null), "{:?}", preview.rows[1]);
+    assert!(
+        preview.rows[1].iter().all(Value::is_null),
+        "{:?}",
+        preview.rows[1]
+    );
 
     let one = w.preview(&table("typed_view"), 1).await.unwrap();
-    assert_eq!(one.rows, vec![vec![Value::Int(40000), Value::Text("héllo".into())]]);
+    assert_eq!(
+        one.rows,
+        vec![vec![Value::Int(40000), Value::Text("héllo".into())]]
+    );
     let sql = w
-        .preview(&ReadSource::Sql("SELECT count(*) AS n FROM public.typed;".into()), 5)
+        .preview(
+            &ReadSource::Sql("SELECT count(*) AS n FROM public.typed;".into()),
+            5,
+        )
         .await
         .unwrap();
     assert_eq!(sql.rows, vec![vec![Value::Int(2)]]);
@@ -315,7 +348,9 @@ async fn tables_columns_types_and_preview_map_from_redshift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_reads_page_through_results_and_resume_after_the_cursor() {
     // 7 rows per GetStatementResult page: a 250-row read spans 36 result pages.
-    let Some(rig) = Rig::start(7).await else { return };
+    let Some(rig) = Rig::start(7).await else {
+        return;
+    };
     rig.pg
         .sql(
             "CREATE TABLE events (id int, at timestamptz, note text);
@@ -344,7 +379,11 @@ async fn append_reads_page_through_results_and_resume_after_the_cursor() {
     assert_eq!(ids.len(), 250);
     let mut sorted = ids.clone();
     sorted.sort();
-    assert_eq!(sorted, (1..=250).collect::<Vec<_>>(), "every row exactly once");
+    assert_eq!(
+        sorted,
+        (1..=250).collect::<Vec<_>>(),
+        "every row exactly once"
+    );
     assert_eq!(pages.len(), 25);
     assert!(
         rig.standin.calls("GetStatementResult") >= 36,
@@ -369,8 +408,7 @@ async fn append_reads_page_through_results_and_resume_after_the_cursor() {
     };
     let expected = (1..=250)
         .filter(|i| {
-            Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap()
-                + chrono::Duration::minutes(i / 3)
+            Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(i / 3)
                 > mid_at
         })
         .count();
@@ -401,7 +439,9 @@ async fn append_reads_page_through_results_and_resume_after_the_cursor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursor_reads_are_split_into_bounded_statements_without_losing_or_repeating_ties() {
-    let Some(rig) = Rig::start(4).await else { return };
+    let Some(rig) = Rig::start(4).await else {
+        return;
+    };
     // Groups of 3 rows share a cursor value, and ids 40..=64 (25 rows) all share one: more than
     // a chunk.
     rig.pg
@@ -467,7 +507,9 @@ async fn cursor_reads_are_split_into_bounded_statements_without_losing_or_repeat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_consumer_is_gone_cancels_its_statement() {
-    let Some(rig) = Rig::start(1000).await else { return };
+    let Some(rig) = Rig::start(1000).await else {
+        return;
+    };
     let w = rig.warehouse();
     let reader = tokio::spawn(async move {
         let (tx, _rx) = mpsc::channel(1);
@@ -511,13 +553,18 @@ async fn a_read_whose_consumer_is_gone_cancels_its_statement() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(status, "ABORTED", "the dropped read cancelled its statement");
+    assert_eq!(
+        status, "ABORTED",
+        "the dropped read cancelled its statement"
+    );
     assert_eq!(rig.standin.calls("CancelStatement"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standin_speaks_the_data_api_the_sdk_expects() {
-    let Some(rig) = Rig::start(2).await else { return };
+    let Some(rig) = Rig::start(2).await else {
+        return;
+    };
     rig.pg
         .sql("CREATE TABLE notes (id int, body text);")
         .unwrap();
@@ -534,7 +581,13 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
             .secret_arn(SECRET)
             .client_token("ferry-test-token-1")
             .sql("INSERT INTO notes VALUES (:id, :body)")
-            .parameters(SqlParameter::builder().name("id").value("1").build().unwrap())
+            .parameters(
+                SqlParameter::builder()
+                    .name("id")
+                    .value("1")
+                    .build()
+                    .unwrap(),
+            )
             .parameters(
                 SqlParameter::builder()
                     .name("body")
@@ -548,7 +601,10 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
     let again = execute().await.unwrap();
     assert_eq!(first.id(), again.id());
     let created = first.created_at().unwrap().secs();
-    assert!((created - Utc::now().timestamp()).abs() < 60, "epoch seconds");
+    assert!(
+        (created - Utc::now().timestamp()).abs() < 60,
+        "epoch seconds"
+    );
     let id = first.id().unwrap().to_owned();
     let described = loop {
         let d = client.describe_statement().id(&id).send().await.unwrap();
@@ -559,9 +615,16 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(described.result_rows(), 1);
-    assert!(described.duration() >= 15_000_000, "nanoseconds: {}", described.duration());
+    assert!(
+        described.duration() >= 15_000_000,
+        "nanoseconds: {}",
+        described.duration()
+    );
     assert_eq!(
-        rig.pg.admin_sql_in(&rig.pg.database, "SELECT count(*), min(body) FROM notes").unwrap().trim(),
+        rig.pg
+            .admin_sql_in(&rig.pg.database, "SELECT count(*), min(body) FROM notes")
+            .unwrap()
+            .trim(),
         "1|x'); DROP TABLE notes; --",
         "inserted once, the value bound rather than spliced"
     );
@@ -579,7 +642,12 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
         .unwrap();
     let batch_id = batch.id().unwrap().to_owned();
     let d = loop {
-        let d = client.describe_statement().id(&batch_id).send().await.unwrap();
+        let d = client
+            .describe_statement()
+            .id(&batch_id)
+            .send()
+            .await
+            .unwrap();
         if d.status() == Some(&StatusString::Finished) {
             break d;
         }
@@ -609,7 +677,13 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
         }
     }
     assert_eq!(pages, 2, "2 rows per page");
-    assert_eq!(rows[0], vec![Field::LongValue(1), Field::StringValue("x'); DROP TABLE notes; --".into())]);
+    assert_eq!(
+        rows[0],
+        vec![
+            Field::LongValue(1),
+            Field::StringValue("x'); DROP TABLE notes; --".into())
+        ]
+    );
     assert_eq!(rows[3], vec![Field::LongValue(4), Field::IsNull(true)]);
 
     // A failing batch rolls back all of it.
@@ -625,15 +699,30 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
         .unwrap();
     let bad_id = bad.id().unwrap().to_owned();
     let d = loop {
-        let d = client.describe_statement().id(&bad_id).send().await.unwrap();
+        let d = client
+            .describe_statement()
+            .id(&bad_id)
+            .send()
+            .await
+            .unwrap();
         if d.status() == Some(&StatusString::Failed) {
             break d;
         }
         assert_ne!(d.status(), Some(&StatusString::Finished));
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert!(d.error().unwrap().contains("no_such_table"), "{:?}", d.error());
-    assert_eq!(rig.pg.admin_sql_in(&rig.pg.database, "SELECT count(*) FROM notes").unwrap().trim(), "4");
+    assert!(
+        d.error().unwrap().contains("no_such_table"),
+        "{:?}",
+        d.error()
+    );
+    assert_eq!(
+        rig.pg
+            .admin_sql_in(&rig.pg.database, "SELECT count(*) FROM notes")
+            .unwrap()
+            .trim(),
+        "4"
+    );
 
     // Unknown statements, and requests without a signature.
     let e = client
@@ -663,7 +752,10 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
 
     let listed = client.list_statements().send().await.unwrap();
     assert!(listed.statements().len() >= 3);
-    assert!(listed.statements().iter().any(|s| s.is_batch_statement() == Some(true)));
+    assert!(listed
+        .statements()
+        .iter()
+        .any(|s| s.is_batch_statement() == Some(true)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,7 +763,9 @@ async fn the_standin_speaks_the_data_api_the_sdk_expects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_sync_into_the_receiver_matches_the_source_exactly() {
-    let Some(rig) = Rig::start(100).await else { return };
+    let Some(rig) = Rig::start(100).await else {
+        return;
+    };
     rig.pg
         .sql(
             "CREATE TABLE orders (id bigint, user_id varchar(32), created_at timestamptz, amount numeric(10,2), paid bool, meta jsonb, inserted_at timestamptz);
@@ -777,8 +871,8 @@ async fn append_sync_into_the_receiver_matches_the_source_exactly() {
         let p = &e["properties"];
         assert_eq!(e["event"], "Order Placed");
         assert_eq!(p["distinct_id"], format!("user-{}", id % 13));
-        let created = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap()
-            + chrono::Duration::minutes(*id);
+        let created =
+            Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(*id);
         assert_eq!(p["time"], json!(created.timestamp_millis()), "{id}");
         let amount = (*id as f64) * 1.25;
         assert_eq!(p["amount"].as_f64(), Some(amount), "{id}: {p}");

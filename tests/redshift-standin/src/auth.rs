@@ -73,7 +73,11 @@ pub fn check(header: Option<&str>, amz_date: Option<&str>) -> Result<SignedBy, A
     }
     match amz_date {
         Some(d) if d.len() == 16 && d.starts_with(date) && d.ends_with('Z') => {}
-        _ => return Err(incomplete("X-Amz-Date is missing or does not match the scope")),
+        _ => {
+            return Err(incomplete(
+                "X-Amz-Date is missing or does not match the scope",
+            ))
+        }
     }
     Ok(SignedBy {
         access_key_id: key.to_owned(),

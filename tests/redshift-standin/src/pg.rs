@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use futures_util::TryStreamExt;
-use tokio_postgres::types::{FromSql, Format, IsNull, ToSql, Type};
+use tokio_postgres::types::{Format, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Column, NoTls};
 
 use crate::config::{Login, PostgresTarget};
@@ -97,12 +97,9 @@ pub async fn run(client: &Client, sql: &str, values: &[String]) -> Result<Output
     while let Some(row) = stream.try_next().await.map_err(|e| describe_error(&e))? {
         let mut fields = Vec::with_capacity(columns.len());
         for i in 0..columns.len() {
-            let cell: Cell = row.try_get(i).map_err(|e| {
-                format!(
-                    "ERROR: column '{}': {e}",
-                    statement.columns()[i].name()
-                )
-            })?;
+            let cell: Cell = row
+                .try_get(i)
+                .map_err(|e| format!("ERROR: column '{}': {e}", statement.columns()[i].name()))?;
             size += cell.0.size() as i64;
             fields.push(cell.0);
         }
@@ -332,6 +329,9 @@ mod tests {
             .and_hms_micro_opt(3, 4, 5, 120_000)
             .unwrap();
         assert_eq!(pg_timestamp(&t), "2024-01-02 03:04:05.12");
-        assert_eq!(pg_time(&NaiveTime::from_hms_opt(1, 2, 3).unwrap()), "01:02:03");
+        assert_eq!(
+            pg_time(&NaiveTime::from_hms_opt(1, 2, 3).unwrap()),
+            "01:02:03"
+        );
     }
 }

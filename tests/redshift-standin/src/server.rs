@@ -288,7 +288,9 @@ fn resolve(
             .clusters
             .iter()
             .find(|e| e.name == c)
-            .ok_or_else(|| ApiError::validation("Redshift endpoint doesn't exist in this region."))?,
+            .ok_or_else(|| {
+                ApiError::validation("Redshift endpoint doesn't exist in this region.")
+            })?,
         (None, Some(w)) => config
             .workgroups
             .iter()
@@ -318,11 +320,9 @@ fn resolve(
                 "Secrets Manager can't find the specified secret: {arn}"
             ))
         })?,
-        (Some(_), None) if workgroup.is_some() => {
-            return Err(ApiError::validation(
-                "DbUser is not supported for serverless workgroups; use a secret or your IAM identity.",
-            ))
-        }
+        (Some(_), None) if workgroup.is_some() => return Err(ApiError::validation(
+            "DbUser is not supported for serverless workgroups; use a secret or your IAM identity.",
+        )),
         // Redshift would issue temporary credentials for the user; an unknown user fails at
         // login, like a user GetClusterCredentials cannot create.
         (Some(user), None) => Login {

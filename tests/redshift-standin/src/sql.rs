@@ -153,7 +153,10 @@ pub fn translate(sql: &str) -> String {
             while end < chars.len() && (chars[end].is_ascii_alphanumeric() || chars[end] == '_') {
                 end += 1;
             }
-            let word: String = chars[i..end].iter().collect::<String>().to_ascii_uppercase();
+            let word: String = chars[i..end]
+                .iter()
+                .collect::<String>()
+                .to_ascii_uppercase();
             let after = skip_space(&chars, end);
             match word.as_str() {
                 "DISTKEY" | "SORTKEY" if chars.get(after) == Some(&'(') => {
@@ -280,7 +283,9 @@ mod tests {
             "CREATE TABLE \"s\".\"t\" AS SELECT 1"
         );
         assert_eq!(
-            translate("create table t diststyle even compound sortkey(a, b) as select 'DISTKEY(x)'"),
+            translate(
+                "create table t diststyle even compound sortkey(a, b) as select 'DISTKEY(x)'"
+            ),
             "create table t as select 'DISTKEY(x)'"
         );
         assert_eq!(

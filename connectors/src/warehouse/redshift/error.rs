@@ -86,8 +86,11 @@ pub fn from_code(code: &str, message: &str, context: &Context) -> WarehouseError
         "AccessDeniedException" | "AccessDenied" => WarehouseError::Privilege(format!(
             "the AWS identity may not use the Redshift Data API here ({full})"
         )),
-        "InternalServerException" | "InternalFailure" | "ServiceUnavailable"
-        | "ServiceUnavailableException" | "QueryTimeoutException" => WarehouseError::Unreachable {
+        "InternalServerException"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "QueryTimeoutException" => WarehouseError::Unreachable {
             target: context.target.clone(),
             message: full,
         },
@@ -107,7 +110,9 @@ pub fn from_code(code: &str, message: &str, context: &Context) -> WarehouseError
             if lower.contains("endpoint doesn't exist")
                 || lower.contains("endpoint does not exist")
                 || ((lower.contains("cluster") || lower.contains("workgroup"))
-                    && (lower.contains("not found") || lower.contains("doesn't exist") || lower.contains("does not exist")))
+                    && (lower.contains("not found")
+                        || lower.contains("doesn't exist")
+                        || lower.contains("does not exist")))
             {
                 WarehouseError::NotFound {
                     object: context.endpoint.clone(),

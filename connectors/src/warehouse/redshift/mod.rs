@@ -95,9 +95,10 @@ impl RedshiftWarehouse {
             (None, Some(w)) => format!("workgroup '{w}'"),
             (None, None) => "the Redshift endpoint".into(),
         };
-        let target = options.endpoint_url.clone().unwrap_or_else(|| {
-            format!("the Redshift Data API in {}", options.region)
-        });
+        let target = options
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| format!("the Redshift Data API in {}", options.region));
         Self {
             options: Arc::new(options),
             settings: RedshiftSettings::default(),
@@ -186,7 +187,9 @@ async fn build_client(
     use aws_smithy_http_client::tls;
 
     let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(options.region.clone()))
@@ -213,7 +216,10 @@ async fn build_client(
             loader = loader.credentials_provider(aws_sdk_redshiftdata::config::Credentials::new(
                 id,
                 secret.expose(),
-                options.session_token.as_ref().map(|t| t.expose().to_owned()),
+                options
+                    .session_token
+                    .as_ref()
+                    .map(|t| t.expose().to_owned()),
                 None,
                 "ferry-source-spec",
             ));

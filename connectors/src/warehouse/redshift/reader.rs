@@ -74,12 +74,14 @@ impl Sink {
     /// Starts paging with the first statement's columns; the cursor column's index.
     fn start(&mut self, columns: &Arc<[Column]>) -> Result<Option<usize>, WarehouseError> {
         let index = match &self.cursor_column {
-            Some(name) => Some(column_index(columns, name).ok_or_else(|| {
-                WarehouseError::NotFound {
-                    object: format!("cursor column '{name}'"),
-                    message: "the source has no such column".into(),
-                }
-            })?),
+            Some(name) => {
+                Some(
+                    column_index(columns, name).ok_or_else(|| WarehouseError::NotFound {
+                        object: format!("cursor column '{name}'"),
+                        message: "the source has no such column".into(),
+                    })?,
+                )
+            }
             None => None,
         };
         if self.pager.is_none() {
@@ -98,7 +100,10 @@ impl Sink {
     async fn send(&mut self, page: Page) -> Result<(), WarehouseError> {
         self.summary.rows += page.batch.len() as u64;
         self.summary.pages += 1;
-        self.out.send(page).await.map_err(|_| WarehouseError::Stopped)
+        self.out
+            .send(page)
+            .await
+            .map_err(|_| WarehouseError::Stopped)
     }
 
     async fn finish(mut self) -> Result<ReadSummary, WarehouseError> {
@@ -125,9 +130,8 @@ fn cursor_sql(
     let mut sql = format!("SELECT * FROM {from} WHERE {col} IS NOT NULL");
     let mut parameters = Vec::new();
     let mut bind = |value: &Value, op: &str, sql: &mut String| {
-        let text = types::parameter_text(value).ok_or_else(|| {
-            WarehouseError::Config(format!("{value:?} cannot be a cursor value"))
-        })?;
+        let text = types::parameter_text(value)
+            .ok_or_else(|| WarehouseError::Config(format!("{value:?} cannot be a cursor value")))?;
         sql.push_str(&format!(" AND {col} {op} :ferry_cursor"));
         parameters.push(("ferry_cursor".to_owned(), text));
         Ok::<_, WarehouseError>(())
@@ -177,7 +181,9 @@ pub(super) async fn read(
         )?;
         let mut rows = Rows::open(wh, &sql, &parameters).await?;
         let Some(ci) = sink.start(&rows.columns)? else {
-            return Err(WarehouseError::Config("a cursor read needs its cursor column".into()));
+            return Err(WarehouseError::Config(
+                "a cursor read needs its cursor column".into(),
+            ));
         };
         // The rows of the latest cursor value, held until a greater value shows they are all here.
         let mut group: Vec<Vec<Value>> = Vec::new();

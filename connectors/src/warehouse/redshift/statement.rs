@@ -237,7 +237,10 @@ impl ResultPages {
             .send()
             .await
             .map_err(|e| error::from_sdk(e, &self.context))?;
-        self.next = out.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+        self.next = out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
         self.done = self.next.is_none();
         Ok(Some(ResultPage {
             columns: out.column_metadata,

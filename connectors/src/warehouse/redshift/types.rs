@@ -131,12 +131,14 @@ fn parse_zoned(s: &str) -> Result<DateTime<Utc>, String> {
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
     let t = s.trim();
     let t = t.strip_prefix("\\x").unwrap_or(t);
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err(format!("'{s}' is not hex bytes"));
     }
     (0..t.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| format!("'{s}' is not hex bytes")))
+        .map(|i| {
+            u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| format!("'{s}' is not hex bytes"))
+        })
         .collect()
 }
 

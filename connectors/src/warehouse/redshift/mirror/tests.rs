@@ -36,8 +36,14 @@ fn the_sql_stays_inside_redshifts_dialect() {
     // A bare VARCHAR in a cast is VARCHAR(256) on Redshift and would cut long values.
     assert!(!text.contains("AS VARCHAR)"), "{text}");
     assert!(text.contains("JSON_SERIALIZE(src.\"props\")"), "{text}");
-    assert!(text.contains("DISTKEY(\"_mp_key_hash\") SORTKEY(\"_mp_key_hash\")"), "{text}");
-    assert!(text.contains("DISTKEY(\"_mp_row_hash\") SORTKEY(\"_mp_row_hash\")"), "{text}");
+    assert!(
+        text.contains("DISTKEY(\"_mp_key_hash\") SORTKEY(\"_mp_key_hash\")"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DISTKEY(\"_mp_row_hash\") SORTKEY(\"_mp_row_hash\")"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -55,6 +61,9 @@ fn canonical_text_keeps_nulls_null() {
     assert_eq!(d.quote_ident("a\"b"), "\"a\"\"b\"");
     assert_eq!(
         parameters(&Statement::with_params("x", vec!["a".into(), "b".into()])),
-        vec![("p1".to_string(), "a".to_string()), ("p2".to_string(), "b".to_string())]
+        vec![
+            ("p1".to_string(), "a".to_string()),
+            ("p2".to_string(), "b".to_string())
+        ]
     );
 }
