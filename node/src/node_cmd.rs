@@ -54,7 +54,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         return serve(args, listen).await;
     }
     let Some(config) = args.config.clone() else {
-        bail!("give --config FILE (run the syncs of a file) or --listen ADDR (serve the admin API)");
+        bail!(
+            "give --config FILE (run the syncs of a file) or --listen ADDR (serve the admin API)"
+        );
     };
     let config_path = config;
     let cfg = NodeConfig::load(&config_path)?;
