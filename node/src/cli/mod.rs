@@ -160,6 +160,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::Subcommand;
+        // Clap checks names, conflicts and requirements only when a command is parsed; this
+        // checks every admin subcommand at once.
+        AdminCommand::augment_subcommands(clap::Command::new("ferry")).debug_assert();
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));

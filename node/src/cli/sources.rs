@@ -55,13 +55,14 @@ pub enum SourcesCommand {
         sql: Option<String>,
     },
     /// The first rows of a table and the records a sync would send for them (nothing is sent):
-    /// a stored sync (--sync), or SOURCE with a table and a mapping given as for `syncs create`.
+    /// a stored sync (--sync), or SOURCE with a table and a mapping given as for `syncs create`
+    /// (--mode may be left out: one_time is assumed, which reads the same rows).
     Preview {
         /// The source to read (not needed with --sync).
-        #[arg(required_unless_present = "sync")]
-        source: Option<String>,
+        #[arg(id = "source_id", value_name = "SOURCE", required_unless_present = "sync")]
+        source_id: Option<String>,
         /// Preview a stored sync: its source, table and mapping.
-        #[arg(long, conflicts_with = "source")]
+        #[arg(long, conflicts_with = "source_id")]
         sync: Option<String>,
         /// Rows to read (the node's default is 10, at most 1000).
         #[arg(long, default_value_t = 0)]
@@ -464,20 +465,30 @@ pub async fn run(conn: &Connection, command: SourcesCommand) -> Result<(), CliEr
             );
         }
         SourcesCommand::Preview {
-            source,
+            source_id,
             sync,
             limit,
             definition,
         } => {
-            let what = match (sync, source) {
+            let what = match (sync, source_id) {
                 (Some(id), _) => pb::preview_rows_request::What::Sync(id),
                 (None, source) => {
                     let mut def = pb::Sync {
                         tenant: tenant.clone(),
-                        source: source.unwrap_or_default(),
                         ..Default::default()
                     };
                     definition.apply(&mut def)?;
+                    if let Some(source) = source {
+                        def.source = source;
+                    }
+                    // The node validates the definition as a whole sync; a preview reads the
+                    // same first rows whatever the id and mode, so neither needs to be given.
+                    if def.id.is_empty() {
+                        def.id = "preview".into();
+                    }
+                    if def.mode == pb::SyncMode::Unspecified as i32 {
+                        def.mode = pb::SyncMode::OneTime as i32;
+                    }
                     pb::preview_rows_request::What::Definition(def)
                 }
             };

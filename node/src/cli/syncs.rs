@@ -539,7 +539,7 @@ pub async fn run(conn: &Connection, command: SyncsCommand) -> Result<(), CliErro
                 .await?;
             if follow {
                 if out == Format::Table {
-                    eprintln!("started run {} of sync {id}", r.run_id);
+                    println!("started run {} of sync {id}", r.run_id);
                 }
                 return runs::follow(&client, out, &tenant, &id, &r.run_id).await;
             }
