@@ -16,7 +16,7 @@ use ferry_connectors::mixpanel::{ClientSettings, RetryPolicy};
 use ferry_connectors::warehouse::mirror::{MirrorSql, MirrorWarehouse, SnapshotRef};
 use ferry_connectors::warehouse::postgres::PostgresWarehouse;
 use ferry_connectors::warehouse::{ReadSource, Warehouse};
-use ferry_coordinator::mirror::STAGING_SCHEMA;
+use ferry_coordinator::mirror::{self, STAGING_SCHEMA};
 use ferry_coordinator::runner::{RunnerSettings, SyncRunner};
 use ferry_coordinator::{EmbeddedSettings, EmbeddedStore, RunRecord, RunState, StateStore};
 use ferry_core::spec::{PostgresOptions, Secret, SourceSpec, SslMode, SyncSpec, TenantSpec};
@@ -30,6 +30,7 @@ struct World {
     rx: ferry_receiver::RunningReceiver,
     _dir: tempfile::TempDir,
     runner: SyncRunner,
+    settings: RunnerSettings,
 }
 
 /// `page_rows`: rows per `GetStatementResult` page, so change reads span several pages.
@@ -51,34 +52,33 @@ async fn world(page_rows: usize, page_size: usize) -> Option<World> {
     let store: Arc<dyn StateStore> = Arc::new(
         EmbeddedStore::open_in(&dir.path().join("state"), EmbeddedSettings::default()).unwrap(),
     );
-    let runner = SyncRunner::new(
-        store,
-        RunnerSettings {
-            node_id: "test-node".into(),
-            page_size,
-            restart: RestartPolicy {
-                initial: Duration::from_millis(20),
-                max: Duration::from_millis(200),
-                ..Default::default()
-            },
-            client: ClientSettings {
-                request_timeout: Duration::from_secs(10),
-                retry: RetryPolicy {
-                    initial_delay: Duration::from_millis(5),
-                    max_delay: Duration::from_millis(50),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-            receiver_extensions: true,
+    let settings = RunnerSettings {
+        node_id: "test-node".into(),
+        page_size,
+        restart: RestartPolicy {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
             ..Default::default()
         },
-    );
+        client: ClientSettings {
+            request_timeout: Duration::from_secs(10),
+            retry: RetryPolicy {
+                initial_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(50),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        receiver_extensions: true,
+        ..Default::default()
+    };
+    let runner = SyncRunner::new(store, settings.clone());
     Some(World {
         rig,
         rx,
         _dir: dir,
         runner,
+        settings,
     })
 }
 
@@ -288,6 +288,35 @@ async fn event_cycles_on_redshift_match_the_source_exactly() {
         0
     );
     assert_eq!(w.staging_tables().len(), 1, "{:?}", w.staging_tables());
+
+    // A dry run counts what a run would send (updates and deletes are billable) and moves
+    // nothing; deleting the sync's staging objects leaves none behind.
+    w.rig
+        .pg
+        .sql("DELETE FROM orders WHERE id = 1; UPDATE orders SET status = 'x' WHERE id = 2; INSERT INTO orders SELECT 9000, 'u', now(), 1, NULL, NULL, NULL;")
+        .unwrap();
+    let events_before = w.state().await["event_count"].clone();
+    let dry = mirror::dry_run(
+        w.runner.store().as_ref(),
+        &w.settings,
+        &w.tenant(),
+        &w.source(),
+        &spec,
+        5,
+    )
+    .await
+    .unwrap();
+    assert_eq!((dry.inserts, dry.updates, dry.deletes), (1, 1, 1));
+    assert_eq!(dry.billable, 2);
+    assert_eq!(
+        w.state().await["event_count"],
+        events_before,
+        "nothing moved"
+    );
+    assert_eq!(w.staging_tables().len(), 1, "{:?}", w.staging_tables());
+    let dropped = mirror::drop_staging(&w.source(), &spec).await.unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(w.staging_tables().is_empty(), "{:?}", w.staging_tables());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
