@@ -120,6 +120,31 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
         (&Value::from("postgres"), &Value::from(true))
     );
     assert_eq!(node.json(tok, &["sources", "test", "wh"])["ok"], true);
+    // A wrong password: the source is not stored, and the message says what failed.
+    let wrong = write(dir.path(), "wrong-pw", "not-the-password");
+    let refused = node.cli(
+        tok,
+        &[
+            "sources",
+            "create",
+            "wh2",
+            "--host",
+            &pg.host,
+            "--port",
+            &pg.port.to_string(),
+            "--database",
+            &pg.database,
+            "--user",
+            &pg.user,
+            "--password-file",
+            &wrong,
+            "--ssl-mode",
+            "disable",
+        ],
+    );
+    refused.fails_with(1, "(authentication)");
+    node.cli(tok, &["sources", "get", "wh2"])
+        .fails_with(4, "not found");
     let tables = node.json(tok, &["sources", "tables", "wh"]);
     assert!(
         tables
@@ -208,6 +233,46 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
     );
     assert_eq!(lines.len(), 2);
 
+    // Update by flags changes only what they name; `get -o json` read back by `update --file`
+    // round-trips.
+    let updated = node.json(
+        tok,
+        &[
+            "syncs",
+            "update",
+            "orders",
+            "--schedule",
+            "daily",
+            "--timezone",
+            "Europe/Berlin",
+        ],
+    );
+    let sync = &updated["sync"];
+    assert_eq!(
+        (&sync["schedule"], &sync["timezone"]),
+        (&Value::from("daily"), &Value::from("Europe/Berlin"))
+    );
+    assert_eq!(sync["mapping"], created["sync"]["mapping"]);
+    assert!(sync["version"].as_u64() > created["sync"]["version"].as_u64());
+    let got = node.json(tok, &["syncs", "get", "orders"]);
+    let file = write(dir.path(), "orders.json", &got.to_string());
+    let again = node.json(tok, &["syncs", "update", "orders", "--file", &file]);
+    for field in [
+        "source",
+        "table",
+        "table_type",
+        "mode",
+        "mapping",
+        "schedule",
+        "timezone",
+        "cursor_column",
+    ] {
+        assert_eq!(again["sync"][field], got[field], "{field}");
+    }
+    // Back to trigger-only, so no schedule fires during the test.
+    let cleared = node.json(tok, &["syncs", "update", "orders", "--schedule", "", "--timezone", ""]);
+    assert_eq!(cleared["sync"]["schedule"], "");
+
     // A dry run counts what a run would send and sends nothing.
     let dry = node.json(tok, &["syncs", "dry-run", "orders", "--samples", "2"]);
     assert_eq!(dry["rows_read"], GOOD_ROWS + 1, "{dry}");
@@ -281,6 +346,10 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
             "REFUSED"
         ]
     );
+
+    // A finished run cannot be cancelled.
+    node.cli(tok, &["runs", "cancel", "orders", &run_id])
+        .fails_with(1, "");
 
     // Paused: a trigger is refused.
     assert_eq!(
@@ -484,6 +553,29 @@ fn every_error_has_its_exit_code_and_one_line_message() {
         Some(2),
         "{stats}"
     );
+
+    // A revoked token is refused from then on.
+    let revoked = node.cli(OP, &["tokens", "create", "--tenant", "a", "--name", "tmp"]);
+    let revoked_token = revoked.stdout.trim().to_owned();
+    assert_eq!(
+        node.json(Some(&revoked_token), &["syncs", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let tokens = node.json(OP, &["tokens", "list", "--tenant", "a"]);
+    let id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "tmp")
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_owned();
+    node.json(OP, &["tokens", "revoke", &id, "--tenant", "a"]);
+    node.cli(Some(&revoked_token), &["syncs", "list"])
+        .fails_with(3, "the token was refused");
 
     // An unreachable node.
     let closed = format!("http://127.0.0.1:{}", free_port());
