@@ -6,7 +6,9 @@
 mod cli_common;
 mod common;
 
-use cli_common::{ferry_for, free_port, receiver_events, run, write, Node, OPERATOR_TOKEN};
+use cli_common::{
+    ferry_for, free_port, receiver_events, run, write, KillOnDrop, Node, OPERATOR_TOKEN,
+};
 use common::spawn_receiver;
 use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
 use ferry_tests::require_tool;
@@ -35,7 +37,7 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
     let pg = TestPostgres::start(PgConfig::default()).expect("postgres starts");
     orders_table(&pg);
     let dir = tempfile::tempdir().unwrap();
-    let (mut rx, rx_url) = spawn_receiver([
+    let (rx, rx_url) = spawn_receiver([
         "--listen",
         "127.0.0.1:0",
         "--data",
@@ -45,6 +47,7 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
         "--service-account",
         "sa:sa-secret",
     ]);
+    let _rx = KillOnDrop(rx);
     let node = Node::start();
 
     // The operator creates the tenant and a token for it; the token's secret alone is on stdout.
@@ -270,7 +273,18 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
         assert_eq!(again["sync"][field], got[field], "{field}");
     }
     // Back to trigger-only, so no schedule fires during the test.
-    let cleared = node.json(tok, &["syncs", "update", "orders", "--schedule", "", "--timezone", ""]);
+    let cleared = node.json(
+        tok,
+        &[
+            "syncs",
+            "update",
+            "orders",
+            "--schedule",
+            "",
+            "--timezone",
+            "",
+        ],
+    );
     assert_eq!(cleared["sync"]["schedule"], "");
 
     // A dry run counts what a run would send and sends nothing.
@@ -372,9 +386,6 @@ fn a_sync_lives_its_whole_life_through_the_cli() {
         .fails_with(4, "not found");
     node.cli(tok, &["runs", "list", "orders"])
         .fails_with(4, "not found");
-
-    rx.kill().unwrap();
-    rx.wait().unwrap();
 }
 
 #[test]
@@ -389,7 +400,7 @@ fn every_error_has_its_exit_code_and_one_line_message() {
         )
         .unwrap();
     }
-    let (mut rx, rx_url) = spawn_receiver([
+    let (rx, rx_url) = spawn_receiver([
         "--listen",
         "127.0.0.1:0",
         "--data",
@@ -399,6 +410,7 @@ fn every_error_has_its_exit_code_and_one_line_message() {
         "--service-account",
         "sa:sa-secret",
     ]);
+    let _rx = KillOnDrop(rx);
     let node = Node::start();
     let good_secret = write(dir.path(), "good", "sa-secret");
     let bad_secret = write(dir.path(), "bad", "not-the-secret");
@@ -581,7 +593,4 @@ fn every_error_has_its_exit_code_and_one_line_message() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     run(ferry_for(&closed, OP).args(["syncs", "list", "--tenant", "a"]))
         .fails_with(5, &format!("cannot reach the node at {closed}"));
-
-    rx.kill().unwrap();
-    rx.wait().unwrap();
 }

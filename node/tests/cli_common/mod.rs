@@ -118,6 +118,16 @@ pub fn ferry_for(endpoint: &str, token: Option<&str>) -> Command {
     cmd
 }
 
+/// A child process killed when the test ends, passed or panicked.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// What a `ferry` command did.
 #[derive(Debug)]
 pub struct Run {
