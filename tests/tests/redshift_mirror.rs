@@ -7,23 +7,95 @@
 mod redshift_rig;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use ferry_actors::pipeline::RunProgress;
 use ferry_actors::restart::RestartPolicy;
 use ferry_connectors::mixpanel::{ClientSettings, RetryPolicy};
 use ferry_connectors::warehouse::mirror::{MirrorSql, MirrorWarehouse, SnapshotRef};
 use ferry_connectors::warehouse::postgres::PostgresWarehouse;
 use ferry_connectors::warehouse::{ReadSource, Warehouse};
+use ferry_coordinator::mirror::cursor::MirrorCursor;
 use ferry_coordinator::mirror::{self, STAGING_SCHEMA};
 use ferry_coordinator::runner::{RunnerSettings, SyncRunner};
-use ferry_coordinator::{EmbeddedSettings, EmbeddedStore, RunRecord, RunState, StateStore};
+use ferry_coordinator::{
+    CursorRecord, EmbeddedSettings, EmbeddedStore, Fence, Owner, RunRecord, RunState, StateStore,
+    StoreError, SyncId,
+};
 use ferry_core::spec::{PostgresOptions, Secret, SourceSpec, SslMode, SyncSpec, TenantSpec};
 use ferry_core::value::Value;
 use ferry_receiver::config::{ProjectConfig, StoreMode};
 use redshift_rig::*;
 use serde_json::{json, Value as Json};
+
+type CursorCheck = Box<dyn Fn(&MirrorCursor) -> bool + Send + Sync>;
+
+/// The embedded store, with cursor commits that fail on demand: a selected commit fails as if
+/// the node had died just before it (nothing after it in that run happens).
+struct FaultyStore {
+    inner: Arc<dyn StateStore>,
+    fail_when: StdMutex<Option<CursorCheck>>,
+}
+
+impl FaultyStore {
+    fn fail_when(&self, check: impl Fn(&MirrorCursor) -> bool + Send + Sync + 'static) {
+        *self.fail_when.lock().unwrap() = Some(Box::new(check));
+    }
+
+    fn heal(&self) {
+        *self.fail_when.lock().unwrap() = None;
+    }
+}
+
+#[async_trait]
+impl StateStore for FaultyStore {
+    async fn claim(&self, sync: &SyncId, node_id: &str) -> Result<Fence, StoreError> {
+        self.inner.claim(sync, node_id).await
+    }
+    async fn release(&self, fence: &Fence) -> Result<(), StoreError> {
+        self.inner.release(fence).await
+    }
+    async fn current_owner(&self, sync: &SyncId) -> Result<Option<Owner>, StoreError> {
+        self.inner.current_owner(sync).await
+    }
+    async fn get_cursor(&self, sync: &SyncId) -> Result<Option<CursorRecord>, StoreError> {
+        self.inner.get_cursor(sync).await
+    }
+    async fn commit_cursor(
+        &self,
+        fence: &Fence,
+        run_id: &str,
+        cursor: &Value,
+    ) -> Result<(), StoreError> {
+        let fail = match (
+            self.fail_when.lock().unwrap().as_ref(),
+            MirrorCursor::from_value(cursor),
+        ) {
+            (Some(check), Ok(Some(state))) => check(&state),
+            _ => false,
+        };
+        if fail {
+            return Err(StoreError::Unavailable(
+                "injected: the node died here".into(),
+            ));
+        }
+        self.inner.commit_cursor(fence, run_id, cursor).await
+    }
+    async fn reset_cursor(&self, fence: &Fence) -> Result<(), StoreError> {
+        self.inner.reset_cursor(fence).await
+    }
+    async fn put_run(&self, fence: &Fence, run: &RunRecord) -> Result<(), StoreError> {
+        self.inner.put_run(fence, run).await
+    }
+    async fn get_run(&self, sync: &SyncId, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.inner.get_run(sync, run_id).await
+    }
+    async fn list_runs(&self, sync: &SyncId, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        self.inner.list_runs(sync, limit).await
+    }
+}
 
 struct World {
     rig: Rig,
@@ -31,6 +103,7 @@ struct World {
     _dir: tempfile::TempDir,
     runner: SyncRunner,
     settings: RunnerSettings,
+    store: Arc<FaultyStore>,
 }
 
 /// `page_rows`: rows per `GetStatementResult` page, so change reads span several pages.
@@ -49,9 +122,12 @@ async fn world(page_rows: usize, page_size: usize) -> Option<World> {
         rate_limit: Default::default(),
     }];
     let rx = ferry_receiver::start(cfg).await.unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(
-        EmbeddedStore::open_in(&dir.path().join("state"), EmbeddedSettings::default()).unwrap(),
-    );
+    let store = Arc::new(FaultyStore {
+        inner: Arc::new(
+            EmbeddedStore::open_in(&dir.path().join("state"), EmbeddedSettings::default()).unwrap(),
+        ),
+        fail_when: StdMutex::new(None),
+    });
     let settings = RunnerSettings {
         node_id: "test-node".into(),
         page_size,
@@ -72,13 +148,14 @@ async fn world(page_rows: usize, page_size: usize) -> Option<World> {
         receiver_extensions: true,
         ..Default::default()
     };
-    let runner = SyncRunner::new(store, settings.clone());
+    let runner = SyncRunner::new(store.clone(), settings.clone());
     Some(World {
         rig,
         rx,
         _dir: dir,
         runner,
         settings,
+        store,
     })
 }
 
@@ -93,6 +170,28 @@ impl World {
 
     fn source(&self) -> SourceSpec {
         toml::from_str(&self.rig.source_toml("rs")).unwrap()
+    }
+
+    async fn run(&self, sync: &SyncSpec) -> RunRecord {
+        self.runner
+            .run(
+                &self.tenant(),
+                &self.source(),
+                sync,
+                Arc::new(RunProgress::default()),
+            )
+            .await
+            .expect("the run is recorded")
+    }
+
+    async fn cursor(&self, sync: &str) -> MirrorCursor {
+        let record = self
+            .store
+            .get_cursor(&SyncId::new("acme", sync).unwrap())
+            .await
+            .unwrap()
+            .expect("a cursor");
+        MirrorCursor::from_value(&record.value).unwrap().unwrap()
     }
 
     async fn ok(&self, sync: &SyncSpec) -> RunRecord {
@@ -484,4 +583,64 @@ async fn the_redshift_dialect_hashes_rows_as_postgres_does_for_every_type() {
     assert!(hashes[0]
         .iter()
         .all(|r| matches!(&r[1], Value::Text(h) if h.len() == 32)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_between_import_and_rotation_or_mid_send_loses_nothing_on_redshift() {
+    // Pages of 20 changes, 7 rows per result page.
+    let Some(w) = world(7, 20).await else { return };
+    w.rig.pg.sql(ORDERS).unwrap();
+    insert_orders(&w.rig, 1, 200);
+    let spec = sync("id='orders'\ntable='public.orders'\ntable_type='events'\n[mapping]\nevent_name='Order'\ntime_column='created_at'\ndistinct_id_column='user_id'\nkey_columns=['id']\n");
+    w.ok(&spec).await;
+
+    // Killed after everything was imported, before the snapshot rotation was committed.
+    w.rig
+        .pg
+        .sql("UPDATE orders SET status = 'x' WHERE id <= 30; DELETE FROM orders WHERE id > 190;")
+        .unwrap();
+    w.store
+        .fail_when(|c| c.pending.is_none() && c.current.as_ref().is_some_and(|g| g.number == 2));
+    let killed = w.run(&spec).await;
+    assert_eq!(killed.state, RunState::Failed, "{:?}", killed.message);
+    assert_eq!(
+        killed.counts.records_accepted, 40,
+        "imported before the kill"
+    );
+    assert_exact(&events_by_id(&w.state().await), &orders_expected(&w));
+    assert_eq!(
+        w.cursor("orders").await.pending.map(|p| p.sent_through),
+        Some(40)
+    );
+    w.store.heal();
+    w.rig
+        .pg
+        .sql("UPDATE orders SET note = 'n' WHERE id IN (100, 101);")
+        .unwrap();
+    let next = w.ok(&spec).await;
+    assert_eq!(
+        next.counts.records_sent, 2,
+        "only the new changes: {:?}",
+        next.message
+    );
+    assert_exact(&events_by_id(&w.state().await), &orders_expected(&w));
+
+    // Killed mid-send: the third page's commit fails; the next run sends exactly the rest.
+    w.rig
+        .pg
+        .sql("UPDATE orders SET status = 'y' WHERE id <= 100;")
+        .unwrap();
+    w.store
+        .fail_when(|c| c.pending.as_ref().is_some_and(|p| p.sent_through > 40));
+    let killed = w.run(&spec).await;
+    assert_eq!(killed.state, RunState::Failed);
+    assert_eq!(w.cursor("orders").await.pending.unwrap().sent_through, 40);
+    w.store.heal();
+    let next = w.ok(&spec).await;
+    assert_eq!(
+        next.counts.records_sent, 60,
+        "exactly the changes after the last commit"
+    );
+    assert_exact(&events_by_id(&w.state().await), &orders_expected(&w));
+    assert_eq!(w.staging_tables().len(), 1, "{:?}", w.staging_tables());
 }
