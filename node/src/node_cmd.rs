@@ -11,7 +11,11 @@ use chrono::Utc;
 use clap::Args;
 use indicatif::MultiProgress;
 
-use crate::config::{NodeConfig, NodeSettings};
+use ferry_coordinator::notify::{Notifier, NotifierSettings};
+use ferry_coordinator::runner::SyncRunner;
+use ferry_coordinator::{RunRecord, SyncId};
+
+use crate::config::{Job, NodeConfig, NodeSettings};
 use crate::runs::{embedded_runner, failed, print_errors, run_with_progress, summary};
 
 #[derive(Args)]
@@ -76,14 +80,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let runner = embedded_runner(&cfg.node, &data_dir).await?;
     tracing::info!(node = %cfg.node.id, data = %data_dir.display(), syncs = jobs.len(), "ferry node started (embedded state store)");
 
+    let notifier = Notifier::new(NotifierSettings::default());
+
     if args.once {
         let bars = MultiProgress::new();
         let mut any_failed = false;
         for job in &jobs {
             let run = run_with_progress(&runner, job, &bars).await?;
             print_errors(&run, 10);
+            notify(&notifier, &runner, job, &run).await;
             any_failed |= failed(&run);
         }
+        notifier.flush().await;
         if any_failed {
             bail!("at least one run failed (see above)");
         }
@@ -103,6 +111,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for job in scheduled {
         let runner = Arc::clone(&runner);
+        let notifier = notifier.clone();
         tasks.spawn(async move {
             // An interval schedule runs at once; a calendar one waits for its next time. The
             // next time is computed from the last run's start, so ticks missed while a run was
@@ -121,7 +130,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     .await
                 {
                     Ok(run) => {
-                        tracing::info!(sync = %job.sync.id, run = %run.run_id, "{}", summary(&run))
+                        tracing::info!(sync = %job.sync.id, run = %run.run_id, "{}", summary(&run));
+                        notify(&notifier, &runner, &job, &run).await;
                     }
                     Err(e) => tracing::error!(sync = %job.sync.id, error = %e, "sync not run"),
                 }
@@ -135,7 +145,25 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         _ = tasks.join_next() => tracing::error!("a scheduler task ended unexpectedly"),
     }
     tasks.abort_all();
+    // Webhooks still being delivered get a moment, not their whole retry budget.
+    let _ = tokio::time::timeout(Duration::from_secs(15), notifier.flush()).await;
     Ok(())
+}
+
+/// Hands a finished run to its tenant's and sync's webhooks; delivery goes on in the
+/// background (`Notifier::flush` waits for it).
+async fn notify(notifier: &Notifier, runner: &SyncRunner, job: &Job, run: &RunRecord) {
+    if job.tenant.webhook.is_none() && job.sync.webhook.is_none() {
+        return;
+    }
+    let recent = match SyncId::of_spec(&job.sync) {
+        Ok(id) => runner.store().list_runs(&id, 50).await.unwrap_or_else(|e| {
+            tracing::warn!(sync = %id, error = %e, "run history unavailable: no volume check");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    notifier.run_finished(&job.tenant, &job.sync, run, &recent);
 }
 
 /// `--listen`: the admin API. A config file, if given, may only hold [node] settings.
