@@ -51,10 +51,12 @@ pub struct PipelineSettings {
 impl Default for PipelineSettings {
     fn default() -> Self {
         Self {
-            pages_in_flight: 2,
+            // Decoded rows are the bulk of a run's memory: one page queued, `encoders` pages
+            // encoding and one being read keep it bounded by the page size.
+            pages_in_flight: 1,
             shards: 4,
-            shard_queue: 4096,
-            encoders: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)),
+            shard_queue: 2048,
+            encoders: 2,
             max_row_errors: 1000,
         }
     }
