@@ -328,9 +328,17 @@ async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_end
         .await
         .unwrap()
         .unwrap();
-    assert_ne!(
+    assert_eq!(
         first.state,
-        RunState::Succeeded,
-        "the cut-off run cannot record success once its claim is gone"
+        RunState::Failed,
+        "the cut-off run is closed by its successor, and cannot record success itself"
+    );
+    assert!(
+        first
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("interrupted")),
+        "{:?}",
+        first.message
     );
 }

@@ -29,7 +29,7 @@ use super::assigner::assignments_of;
 use super::keys;
 use super::membership::Liveness;
 use crate::catalog::{Catalog, CatalogError, Stored, SyncRecord};
-use crate::records::SyncId;
+use crate::records::{RunState, SyncId};
 use crate::run_manager::RunManager;
 use crate::schedule::{Scheduler, TriggerError, TriggerReason};
 use crate::store::StoreError;
@@ -232,14 +232,39 @@ impl Worker {
         Ok(())
     }
 
-    /// The sync's newest run never finished and nobody holds its claim: its owner died.
+    /// The sync's newest run never finished and nobody holds its claim: its owner died. That
+    /// run is closed as failed (under a claim of its own, so it is fenced like any write) and
+    /// `true` returned: the sync should resume now.
     async fn interrupted(&self, sync: &SyncId) -> bool {
         let store = self.runs.store();
-        let unfinished = match store.list_runs(sync, 1).await {
-            Ok(runs) => runs.first().is_some_and(|r| !r.state.is_terminal()),
-            Err(_) => false,
+        let Ok(newest) = store.list_runs(sync, 1).await else {
+            return false;
         };
-        unfinished && matches!(store.current_owner(sync).await, Ok(None))
+        let Some(mut orphan) = newest.into_iter().next().filter(|r| !r.state.is_terminal()) else {
+            return false;
+        };
+        if !matches!(store.current_owner(sync).await, Ok(None)) {
+            return false;
+        }
+        match store.claim(sync, &self.settings.node_id).await {
+            Ok(fence) => {
+                orphan.state = RunState::Failed;
+                orphan.finished_at = Some(chrono::Utc::now());
+                orphan.message = Some(format!(
+                    "interrupted: its node lost the sync's claim mid-run; {} resumed it from the last committed cursor",
+                    self.settings.node_id
+                ));
+                if let Err(e) = store.put_run(&fence, &orphan).await {
+                    tracing::warn!(sync = %sync, run = %orphan.run_id, error = %e, "interrupted run not closed");
+                }
+                if let Err(e) = store.release(&fence).await {
+                    tracing::warn!(sync = %sync, error = %e, "claim not released after closing an interrupted run");
+                }
+                true
+            }
+            // Someone claimed it meanwhile: it runs elsewhere.
+            Err(_) => false,
+        }
     }
 }
 
