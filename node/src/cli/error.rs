@@ -139,7 +139,8 @@ fn unavailable_detail(status: &Status) -> String {
     let mut source = std::error::Error::source(status);
     while let Some(s) = source {
         let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        // tonic wraps the cause in a `transport error` that adds nothing.
+        if text != "transport error" && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         source = s.source();

@@ -63,7 +63,7 @@ pub async fn run(conn: &Connection, command: RunsCommand) -> Result<(), CliError
         RunsCommand::Get { sync, run, errors } => {
             let run_id = resolve(&client, &tenant, &sync, &run).await?;
             let r = get(&client, &tenant, &sync, &run_id, errors).await?;
-            emit(out, json::run(&r), || run_text(&r));
+            emit(out, json::run(&r), || run_text(&r, None));
         }
         RunsCommand::Errors { sync, run } => {
             let run_id = resolve(&client, &tenant, &sync, &run).await?;
@@ -209,7 +209,7 @@ pub async fn follow(
         ));
     };
     if out == Format::Table {
-        println!("{}", run_text(&run));
+        println!("{}", run_text(&run, Some(10)));
     }
     match pb::RunState::try_from(run.state) {
         Ok(pb::RunState::Succeeded) => Ok(()),
@@ -247,12 +247,15 @@ fn progress_bar(sync: &str) -> ProgressBar {
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{spinner} {prefix} {pos} rows read · {msg} [{elapsed}]")
+    // wide_msg: the line is cut to the terminal's width instead of wrapping.
+    ProgressStyle::with_template("{spinner} {prefix} [{elapsed}] {human_pos} rows read · {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rows read · {msg} [{elapsed}]")
+    ProgressStyle::with_template(
+        "{prefix} [{elapsed}] [{bar:25}] {human_pos}/{human_len} rows read · {wide_msg}",
+    )
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
@@ -268,10 +271,10 @@ fn show_progress(bar: &ProgressBar, run: &pb::Run) {
     }
     bar.set_position(c.rows_read);
     let mut msg = format!(
-        "{} sent · {} acknowledged · {:.0} rows/s",
+        "{} sent · {} acknowledged · {} rows/s",
         count(c.records_sent),
         count(c.records_accepted),
-        p.rows_per_second
+        count(p.rows_per_second.max(0.0).round() as u64)
     );
     if let Some(eta) = p.eta_seconds {
         msg.push_str(&format!(" · ETA {}", human_seconds(eta)));
@@ -334,7 +337,8 @@ fn runs_table(runs: &[pb::Run]) -> String {
     )
 }
 
-pub fn run_text(r: &pb::Run) -> String {
+/// A run for people; with `max_errors`, only the first per-row errors and where to see the rest.
+pub fn run_text(r: &pb::Run, max_errors: Option<usize>) -> String {
     let c = r.counts.clone().unwrap_or_default();
     let p = r.progress.clone().unwrap_or_default();
     let mut text = fields(&[
@@ -363,15 +367,24 @@ pub fn run_text(r: &pb::Run) -> String {
         (
             "rate",
             if p.rows_per_second > 0.0 {
-                format!("{:.0} rows/s", p.rows_per_second)
+                format!("{} rows/s", count(p.rows_per_second.round() as u64))
             } else {
                 String::new()
             },
         ),
         ("attempts", r.attempts.to_string()),
     ]);
-    text.push_str(&problems_text(&r.errors, "per-row errors"));
-    if r.errors_dropped > 0 {
+    let shown = max_errors.unwrap_or(usize::MAX).min(r.errors.len());
+    text.push_str(&problems_text(&r.errors[..shown], "per-row errors"));
+    let more = (r.errors.len() - shown) as u64;
+    if more > 0 {
+        text.push_str(&format!(
+            "\n  … and {} more: ferry runs errors {} {}",
+            count(more + r.errors_dropped),
+            r.sync,
+            r.run_id
+        ));
+    } else if r.errors_dropped > 0 {
         text.push_str(&format!(
             "\n  … and {} more not kept",
             count(r.errors_dropped)

@@ -279,10 +279,26 @@ fn mapping_text(m: Option<&pb::Mapping>) -> String {
         })
         .map(|(k, v)| match v {
             serde_json::Value::String(s) => format!("{k}={s}"),
+            serde_json::Value::Array(items) => format!(
+                "{k}={}",
+                items
+                    .iter()
+                    .map(|i| i.as_str().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            serde_json::Value::Object(pairs) => format!(
+                "{k}={}",
+                pairs
+                    .iter()
+                    .map(|(from, to)| format!("{from}→{}", to.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             other => format!("{k}={other}"),
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join("  ")
 }
 
 fn sync_fields(s: &pb::Sync) -> String {
@@ -511,18 +527,18 @@ pub async fn run(conn: &Connection, command: SyncsCommand) -> Result<(), CliErro
                     "message": r.message,
                 }),
                 || {
-                    let mut text = format!("deleted sync {id}");
-                    if delete_data {
-                        text.push_str(&format!(
-                            " and {} imported records ({} were not found)",
+                    // The node says what it did; the counts are for a node that does not.
+                    if !r.message.is_empty() {
+                        format!("deleted sync {id}: {}", r.message)
+                    } else if delete_data {
+                        format!(
+                            "deleted sync {id} and {} imported records ({} were not found)",
                             count(r.records_deleted),
                             count(r.records_not_found)
-                        ));
+                        )
+                    } else {
+                        format!("deleted sync {id}")
                     }
-                    if !r.message.is_empty() {
-                        text.push_str(&format!(": {}", r.message));
-                    }
-                    text
                 },
             );
         }
