@@ -100,16 +100,28 @@ distinct_id_column = "user_id"
 }
 
 fn check_failure_hook(hook: &Hook) -> Value {
-    assert_eq!(hook.headers.get("x-ferry-event").map(String::as_str), Some("run_failed"));
+    assert_eq!(
+        hook.headers.get("x-ferry-event").map(String::as_str),
+        Some("run_failed")
+    );
     assert_eq!(
         hook.headers.get("x-ferry-signature"),
-        Some(&ferry_coordinator::notify::signature("hook-secret", &hook.body)),
+        Some(&ferry_coordinator::notify::signature(
+            "hook-secret",
+            &hook.body
+        )),
     );
     let body: Value = serde_json::from_slice(&hook.body).unwrap();
     assert_eq!(body["event"], "run_failed");
-    assert_eq!((body["tenant"].as_str(), body["sync"].as_str()), (Some("acme"), Some("users")));
+    assert_eq!(
+        (body["tenant"].as_str(), body["sync"].as_str()),
+        (Some("acme"), Some("users"))
+    );
     assert_eq!(body["state"], "failed");
-    assert!(body["message"].as_str().unwrap().contains("users"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("users"),
+        "{body}"
+    );
     body
 }
 
@@ -158,8 +170,15 @@ fn scheduled_runs_of_a_config_file_report_each_failure() {
     let _ = node.kill();
     let _ = node.wait();
     let got = got.lock().unwrap();
-    assert!(got.len() >= 2, "two scheduled runs reported, got {}", got.len());
+    assert!(
+        got.len() >= 2,
+        "two scheduled runs reported, got {}",
+        got.len()
+    );
     let first = check_failure_hook(&got[0]);
     let second = check_failure_hook(&got[1]);
-    assert_ne!(first["run_id"], second["run_id"], "one notification per run");
+    assert_ne!(
+        first["run_id"], second["run_id"],
+        "one notification per run"
+    );
 }
