@@ -42,6 +42,21 @@ pub struct NodeArgs {
     /// HTTP triggers allowed per sync, as COUNT/WINDOW.
     #[arg(long, env = "FERRY_TRIGGER_LIMIT", default_value = "5/1h", value_parser = crate::serve::parse_trigger_limit)]
     trigger_limit: ferry_coordinator::trigger_http::TriggerLimit,
+    /// With --listen: join a cluster through these etcd endpoints (comma-separated, e.g.
+    /// http://etcd-0:2379,http://etcd-1:2379) instead of keeping state in the embedded store.
+    /// The node's id is node.id from the config file (or FERRY_NODE_ID); it must be unique.
+    #[arg(long, env = "FERRY_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// With --etcd: this node's id (overrides node.id).
+    #[arg(long = "node-id", env = "FERRY_NODE_ID")]
+    node_id: Option<String>,
+    /// With --etcd: this node's share of the syncs relative to the others (0 takes none).
+    #[arg(long, env = "FERRY_CAPACITY", default_value_t = 1)]
+    capacity: u32,
+    /// With --etcd: the node's lease time to live in seconds; a node that cannot renew it for
+    /// half of that stops its syncs, and its syncs move after it expires.
+    #[arg(long = "lease-ttl", env = "FERRY_LEASE_TTL", default_value_t = 10)]
+    lease_ttl: u64,
     /// Directory of the embedded state store (default: node.data_dir, else ./ferry-data).
     #[arg(long = "data", env = "FERRY_DATA")]
     data: Option<PathBuf>,
@@ -184,6 +199,18 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
         }
         None => NodeSettings::default(),
     };
+    let mut settings = settings;
+    if let Some(id) = &args.node_id {
+        settings.id = id.clone();
+    }
+    if args.etcd.is_empty() && (args.node_id.is_some() || args.capacity != 1) {
+        bail!("--node-id and --capacity are for a cluster node: give --etcd too");
+    }
+    let cluster = (!args.etcd.is_empty()).then(|| crate::serve::ClusterOptions {
+        etcd: args.etcd.clone(),
+        capacity: args.capacity,
+        lease_ttl: Duration::from_secs(args.lease_ttl),
+    });
     let data_dir = args
         .data
         .or(settings.data_dir.clone())
@@ -196,6 +223,7 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
             operator_token_file: args.operator_token_file,
             public_url: args.public_url,
             trigger_limit: args.trigger_limit,
+            cluster,
         },
     )
     .await

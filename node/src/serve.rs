@@ -16,6 +16,9 @@ use anyhow::{bail, Context};
 use ferry_coordinator::admin::server::{start, ServerConfig};
 use ferry_coordinator::admin::{AdminSettings, MIN_OPERATOR_TOKEN};
 use ferry_coordinator::catalog::Catalog;
+use ferry_coordinator::cluster::connection::EtcdSettings;
+use ferry_coordinator::cluster::membership::MembershipSettings;
+use ferry_coordinator::cluster::node::{ClusterNode, ClusterSettings};
 use ferry_coordinator::secrets::SecretBox;
 use ferry_coordinator::trigger_http::TriggerLimit;
 use ferry_coordinator::{EmbeddedSettings, EmbeddedStore, StateStore};
@@ -32,6 +35,15 @@ pub struct ServeOptions {
     pub operator_token_file: Option<PathBuf>,
     pub public_url: Option<String>,
     pub trigger_limit: TriggerLimit,
+    /// Join a cluster on etcd instead of keeping state in the embedded store.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// `--etcd` and its companions.
+pub struct ClusterOptions {
+    pub etcd: Vec<String>,
+    pub capacity: u32,
+    pub lease_ttl: Duration,
 }
 
 /// The operator token: the file if one is named, else the environment.
@@ -53,6 +65,9 @@ fn operator_token(file: Option<&Path>) -> anyhow::Result<String> {
 pub async fn run(settings: &NodeSettings, options: ServeOptions) -> anyhow::Result<()> {
     let secrets = SecretBox::from_env()?;
     let token = operator_token(options.operator_token_file.as_deref())?;
+    if let Some(cluster) = &options.cluster {
+        return run_cluster_node(settings, &options, cluster, token, secrets).await;
+    }
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let dir = options.data_dir.clone();
@@ -84,6 +99,45 @@ pub async fn run(settings: &NodeSettings, options: ServeOptions) -> anyhow::Resu
     wait_for_stop().await;
     tracing::info!("stopping: cancelling running runs");
     server.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `--listen --etcd`: a cluster node. State and catalog live in etcd; the elected
+/// coordinator places syncs on nodes; this node runs what is placed on it.
+async fn run_cluster_node(
+    settings: &NodeSettings,
+    options: &ServeOptions,
+    cluster: &ClusterOptions,
+    token: String,
+    secrets: SecretBox,
+) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(options.listen, token, secrets);
+    config.runner = runner_settings(settings);
+    config.trigger_limit = options.trigger_limit;
+    config.admin = AdminSettings {
+        public_base_url: options.public_url.clone(),
+        ..AdminSettings::default()
+    };
+    let address = options
+        .public_url
+        .clone()
+        .unwrap_or_else(|| options.listen.to_string());
+    let mut membership = MembershipSettings::new(&settings.id, address, cluster.capacity);
+    membership.ttl = cluster.lease_ttl;
+    let cluster_settings =
+        ClusterSettings::new(EtcdSettings::new(cluster.etcd.iter().cloned()), membership);
+    tracing::info!(
+        node = %settings.id,
+        etcd = %cluster.etcd.join(","),
+        secret_key = %config.secrets.key_id(),
+        "ferry node starting (cluster on etcd, admin API)"
+    );
+    let node = ClusterNode::start(cluster_settings, config).await?;
+    println!("ferry node: admin API listening on {}", node.addr());
+    wait_for_stop().await;
+    tracing::info!("stopping: cancelling running runs, leaving the cluster");
+    node.stop().await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,6 +32,10 @@ pub struct ServerConfig {
     pub scheduler: SchedulerSettings,
     /// The scheduler's and the trigger limit's time (tests move it by hand).
     pub clock: Arc<dyn Clock>,
+    /// Schedule every stored sync on this node (one node alone). In a cluster it is off: the
+    /// node's agent schedules only the syncs the coordinator assigned to it
+    /// ([`crate::cluster::agent`]), through [`RunningServer::scheduler`].
+    pub schedule_catalog: bool,
 }
 
 impl ServerConfig {
@@ -46,6 +50,7 @@ impl ServerConfig {
             notifier: NotifierSettings::default(),
             scheduler: SchedulerSettings::default(),
             clock: Arc::new(SystemClock),
+            schedule_catalog: true,
         }
     }
 }
@@ -81,6 +86,7 @@ pub enum ServeError {
 pub struct RunningServer {
     pub addr: SocketAddr,
     runs: Arc<RunManager>,
+    scheduler_handle: Scheduler,
     stop_scheduler: oneshot::Sender<()>,
     stop_server: oneshot::Sender<()>,
     scheduler: JoinHandle<()>,
@@ -90,6 +96,10 @@ pub struct RunningServer {
 impl RunningServer {
     pub fn run_manager(&self) -> &Arc<RunManager> {
         &self.runs
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler_handle
     }
 
     /// Stops starting runs, cancels the running ones and waits for them to be recorded, then
@@ -132,7 +142,12 @@ pub async fn start(
         config.scheduler.clone(),
     );
     let mut scheduled = 0;
-    for sync in catalog.list_all_syncs().await? {
+    let stored = if config.schedule_catalog {
+        catalog.list_all_syncs().await?
+    } else {
+        Vec::new()
+    };
+    for sync in stored {
         let record = sync.value;
         let Ok(id) = record.sync_id() else { continue };
         match ferry_core::schedule::Schedule::from_spec(record.schedule(), record.timezone()) {
@@ -146,7 +161,7 @@ pub async fn start(
     let admin = Admin::new(
         runs.clone(),
         auth.clone(),
-        Some(scheduler.clone()),
+        config.schedule_catalog.then(|| scheduler.clone()),
         config.admin.clone(),
     );
     let http_trigger = trigger_http::router(
@@ -200,6 +215,7 @@ pub async fn start(
     Ok(RunningServer {
         addr,
         runs,
+        scheduler_handle: scheduler,
         stop_scheduler,
         stop_server,
         scheduler: scheduler_task,

@@ -7,7 +7,7 @@
 //!   writes; [`etcd_catalog`]: the admin API's catalog on the same store), [`membership`] (one lease per node, its registration, the kill switch),
 //!   [`election`] (the coordinator election) and [`assigner`] (the elected coordinator's
 //!   placement loop writing assignments) and [`agent`] (a node running what is assigned to it,
-//!   and nothing once its lease is lost).
+//!   and nothing once its lease is lost); [`node`] puts one cluster node together.
 
 pub mod keys;
 pub mod placement;
@@ -26,3 +26,5 @@ pub mod etcd_catalog;
 pub mod etcd_store;
 #[cfg(feature = "etcd")]
 pub mod membership;
+#[cfg(feature = "etcd")]
+pub mod node;

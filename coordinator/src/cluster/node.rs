@@ -1,0 +1,147 @@
+//! One node of a cluster, put together: its lease and registration ([`Membership`]), the state
+//! store and catalog on etcd ([`EtcdStore`]), the admin API port (the same server a single
+//! node runs, with scheduling left to the agent), its candidacy for coordinator ([`Election`])
+//! with the placement loop ([`assigner::run`]), and the agent running what is assigned here
+//! ([`NodeAgent`]). `ferry node --listen ADDR --etcd URL,...` starts this.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::agent::{AgentSettings, NodeAgent};
+use super::assigner;
+use super::connection::EtcdSettings;
+use super::election::{Election, Role};
+use super::etcd_store::{EtcdStore, EtcdStoreSettings};
+use super::membership::{Liveness, Membership, MembershipSettings};
+use crate::admin::server::{start, RunningServer, ServeError, ServerConfig};
+use crate::catalog::Catalog;
+use crate::store::{StateStore, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub etcd: EtcdSettings,
+    /// The node's id, address (where peers and clients reach its port), capacity and lease TTL.
+    pub membership: MembershipSettings,
+    /// How often the coordinator re-places syncs.
+    pub placement_tick: Duration,
+    /// How often a node re-reads its assignments.
+    pub agent_poll: Duration,
+    /// How long to wait for the first registration before giving up (etcd unreachable).
+    pub join_timeout: Duration,
+}
+
+impl ClusterSettings {
+    pub fn new(etcd: EtcdSettings, membership: MembershipSettings) -> Self {
+        Self {
+            etcd,
+            membership,
+            placement_tick: Duration::from_secs(1),
+            agent_poll: Duration::from_millis(500),
+            join_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no lease from etcd at {endpoints} within {waited:?}: is etcd running and reachable?")]
+    NotJoined { endpoints: String, waited: Duration },
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// A running cluster node.
+pub struct ClusterNode {
+    server: RunningServer,
+    membership: Membership,
+    election: Election,
+    placement: JoinHandle<()>,
+    agent: NodeAgent,
+}
+
+impl ClusterNode {
+    /// Joins the cluster and starts serving. `config.runner.node_id` is set to the node's id.
+    pub async fn start(
+        settings: ClusterSettings,
+        mut config: ServerConfig,
+    ) -> Result<Self, ClusterError> {
+        let node_id = settings.membership.node_id.clone();
+        let client = settings.etcd.connect().await?;
+        let membership = Membership::start(client.clone(), settings.membership.clone())?;
+        if membership.wait_live(settings.join_timeout).await.is_none() {
+            return Err(ClusterError::NotJoined {
+                endpoints: settings.etcd.endpoints.join(","),
+                waited: settings.join_timeout,
+            });
+        }
+        let store = Arc::new(EtcdStore::new(
+            client.clone(),
+            EtcdStoreSettings::default(),
+            membership.liveness(),
+        ));
+        let state: Arc<dyn StateStore> = store.clone();
+        let catalog: Arc<dyn Catalog> = store;
+        config.schedule_catalog = false;
+        config.runner.node_id = node_id.clone();
+        let server = start(config, state, catalog.clone()).await?;
+        let election = Election::start(
+            settings.etcd.connect_for_waiting().await?,
+            node_id.clone(),
+            membership.liveness(),
+        )?;
+        let placement = tokio::spawn(assigner::run(
+            client.clone(),
+            catalog.clone(),
+            node_id.clone(),
+            election.role(),
+            settings.placement_tick,
+        ));
+        let mut agent_settings = AgentSettings::new(node_id.clone());
+        agent_settings.poll = settings.agent_poll;
+        let agent = NodeAgent::start(
+            client,
+            agent_settings,
+            catalog,
+            server.run_manager().clone(),
+            server.scheduler().clone(),
+            membership.liveness(),
+        )?;
+        tracing::info!(node = %node_id, addr = %server.addr, "joined the cluster");
+        Ok(Self {
+            server,
+            membership,
+            election,
+            placement,
+            agent,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn liveness(&self) -> tokio::sync::watch::Receiver<Liveness> {
+        self.membership.liveness()
+    }
+
+    pub fn role(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.election.role()
+    }
+
+    /// Leaves gracefully: stops taking syncs, cancels this node's runs (each records where it
+    /// got to), hands the coordinator role over, closes the port and revokes the lease, so
+    /// this node's syncs move at once instead of after a lease TTL.
+    pub async fn stop(self) -> Result<(), ClusterError> {
+        self.agent.stop().await;
+        self.placement.abort();
+        self.election.resign().await;
+        let served = self.server.stop().await;
+        self.membership.leave().await;
+        Ok(served?)
+    }
+}
