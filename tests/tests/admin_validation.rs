@@ -115,21 +115,19 @@ async fn sources_that_cannot_connect_say_what_failed() {
         .await
         .expect("verified TLS connects")
         .into_inner();
-    assert_eq!(
-        w.sources()
-            .test_source(req(
-                &token,
-                pb::TestSourceRequest {
-                    id: created.id.clone(),
-                    ..Default::default()
-                }
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .ok,
-        true
-    );
+    let tested = w
+        .sources()
+        .test_source(req(
+            &token,
+            pb::TestSourceRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tested.ok && tested.problem.is_none(), "{tested:?}");
     let mut ca_path = w.postgres("pg2");
     let pg = pg_of(&mut ca_path);
     pg.ssl_mode = pb::SslMode::VerifyFull as i32;

@@ -67,7 +67,7 @@ fn record_pb(row: u64, record: &EncodedRecord) -> pb::PreviewRecord {
 pub(super) enum Encoder {
     Records(Arc<RowMapper>),
     LookupTable {
-        valid: ValidSync,
+        valid: Box<ValidSync>,
         columns: Vec<Column>,
     },
 }
@@ -124,7 +124,7 @@ impl Admin {
                 LookupCsvWriter::new(&valid.mapping, &columns)
                     .map_err(|e| errors::spec_errors(&context, &e))?;
                 Encoder::LookupTable {
-                    valid: valid.clone(),
+                    valid: Box::new(valid.clone()),
                     columns: columns.clone(),
                 }
             }
