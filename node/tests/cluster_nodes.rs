@@ -1,0 +1,334 @@
+//! Three `ferry node --listen --etcd` processes on loopback, a real etcd, a real PostgreSQL and
+//! the receiver: syncs created through one node's API are spread over the nodes by the elected
+//! coordinator; the owner of a running sync is killed with SIGKILL mid-run, another node
+//! resumes it from the last committed cursor within about one lease TTL plus a tick (the time
+//! is printed), and the receiver ends exact. Every process is killed when the test ends.
+
+mod cli_common;
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use cli_common::{free_port, write, KillOnDrop, OPERATOR_TOKEN, SECRET_KEY};
+use ferry_coordinator::cluster::assigner::all_assignments;
+use ferry_coordinator::cluster::connection::EtcdSettings;
+use ferry_coordinator::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
+use ferry_coordinator::cluster::membership::{list_nodes, Liveness};
+use ferry_coordinator::{RunState, StateStore, SyncId};
+use ferry_tests::etcd::{etcd_available, TestEtcd};
+use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
+use ferry_tests::require_tool;
+use serde_json::Value;
+
+const ROWS: u64 = 40_000;
+const LEASE_TTL_SECS: u64 = 3;
+const OP: Option<&str> = Some(OPERATOR_TOKEN);
+
+/// One `ferry node` process of the cluster.
+struct ClusterProcess {
+    id: String,
+    endpoint: String,
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl ClusterProcess {
+    fn start(id: &str, etcd: &str, config: &str, dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("{id}.log"));
+        let child = cli_common::ferry()
+            .args(["node", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--etcd", etcd, "--node-id", id])
+            .args(["--lease-ttl", &LEASE_TTL_SECS.to_string()])
+            .args(["--config", config])
+            .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", SECRET_KEY)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("ferry node starts");
+        let mut node = ClusterProcess {
+            id: id.into(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = node.child.try_wait().unwrap() {
+                panic!("{id} exited ({status}): {}", node.log());
+            }
+            if node.cli(&["tenants", "list", "-o", "json"]).code == 0 {
+                return node;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{id} did not answer: {}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> cli_common::Run {
+        cli_common::run(cli_common::ferry_for(&self.endpoint, OP).args(args))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(&[args, &["-o", "json"]].concat());
+        assert_eq!(
+            out.code,
+            0,
+            "ferry {args:?}: {}\n{}",
+            out.stderr,
+            self.log()
+        );
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for ClusterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event_count(url: &str) -> u64 {
+    let state: Value =
+        reqwest::blocking::get(format!("{url}/ferry/v1/projects/1/state?events=false"))
+            .unwrap()
+            .json()
+            .unwrap();
+    state["event_count"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn syncs_spread_over_three_nodes_and_a_killed_owner_is_replaced_with_the_receiver_exact() {
+    if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = TestEtcd::start().unwrap();
+    let pg = TestPostgres::start(PgConfig::default()).unwrap();
+    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL, inserted_at timestamptz NOT NULL);").unwrap();
+    pg.sql(&format!("INSERT INTO orders SELECT i, 'user-' || (i % 23), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute', timestamptz '2024-06-01 00:00:00+00' + i * interval '1 second' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
+    // Each import request is answered after 100 ms: the run lasts a few seconds.
+    let (rx, rx_url) = common::spawn_receiver([
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.path().join("rx").to_str().unwrap(),
+        "--project",
+        "1:tok1",
+        "--service-account",
+        "sa:sa-secret",
+        "--fault-slow",
+        "1.0",
+        "--slow-ms",
+        "100",
+    ]);
+    let _rx = KillOnDrop(rx);
+    let config = write(
+        dir.path(),
+        "node.toml",
+        "[node]\npage_size = 1000\nshards = 1\nmax_in_flight = 1\nreceiver_extensions = true\n",
+    );
+    let mut nodes: Vec<ClusterProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| ClusterProcess::start(id, &etcd.endpoint(), &config, dir.path()))
+        .collect();
+
+    let client = rt
+        .block_on(EtcdSettings::new(etcd.endpoints()).connect())
+        .unwrap();
+    let registered: BTreeSet<String> = rt
+        .block_on(list_nodes(&client))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(registered.len(), 3, "{registered:?}");
+
+    // The catalog, through one node's API.
+    let api = &nodes[0];
+    let sa_secret = write(dir.path(), "sa-secret", "sa-secret\n");
+    api.json(&[
+        "tenants",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--project-id",
+        "1",
+        "--base-url",
+        &rx_url,
+        "--receiver-extensions",
+        "--service-account-user",
+        "sa",
+        "--service-account-secret-file",
+        &sa_secret,
+    ]);
+    let password = write(dir.path(), "pw", &format!("{}\n", pg.password));
+    api.json(&[
+        "sources",
+        "create",
+        "wh",
+        "--tenant",
+        "acme",
+        "--host",
+        &pg.host,
+        "--port",
+        &pg.port.to_string(),
+        "--database",
+        &pg.database,
+        "--user",
+        &pg.user,
+        "--password-file",
+        &password,
+        "--ssl-mode",
+        "disable",
+    ]);
+    let mapping = [
+        "--source",
+        "wh",
+        "--tenant",
+        "acme",
+        "--table",
+        "public.orders",
+        "--type",
+        "events",
+        "--event-name",
+        "Order Placed",
+        "--time-column",
+        "created_at",
+        "--distinct-id-column",
+        "user_id",
+        "--key-columns",
+        "id",
+    ];
+    // Twelve on-demand syncs to spread, and one that runs at once and every hour after.
+    for i in 0..12 {
+        let id = format!("idle-{i}");
+        api.json(
+            &[
+                &["syncs", "create", id.as_str(), "--mode", "one_time"][..],
+                &mapping[..],
+            ]
+            .concat(),
+        );
+    }
+    api.json(
+        &[
+            &[
+                "syncs",
+                "create",
+                "orders",
+                "--mode",
+                "append",
+                "--cursor-column",
+                "inserted_at",
+            ][..],
+            &["--schedule", "every 1h"],
+            &mapping[..],
+        ]
+        .concat(),
+    );
+
+    // Spread: every node gets a share of the 13 syncs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let placed = rt.block_on(all_assignments(&client)).unwrap();
+        let owners: BTreeSet<String> = placed.values().flatten().cloned().collect();
+        if placed.len() == 13 && owners.len() == 3 {
+            println!("13 syncs placed on {owners:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not spread: {placed:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The orders sync runs on its node; kill that node once a cursor is committed.
+    let (_, liveness) = tokio::sync::watch::channel(Liveness::Lost);
+    let store = EtcdStore::new(client.clone(), EtcdStoreSettings::default(), liveness);
+    let sync = SyncId::new("acme", "orders").unwrap();
+    let owner = loop {
+        let cursor = rt.block_on(store.get_cursor(&sync)).unwrap();
+        let owner = rt.block_on(store.current_owner(&sync)).unwrap();
+        if let (Some(_), Some(owner)) = (cursor, owner) {
+            break owner;
+        }
+        assert!(Instant::now() < deadline, "the orders sync never committed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let victim = nodes.iter().position(|n| n.id == owner.node_id).unwrap();
+    let mut victim = nodes.remove(victim);
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let killed = Instant::now();
+
+    // Another node claims it and resumes.
+    let successor = loop {
+        if let Some(now) = rt.block_on(store.current_owner(&sync)).unwrap() {
+            if now.node_id != victim.id {
+                break now;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(LEASE_TTL_SECS * 4),
+            "no takeover after {:?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let takeover = killed.elapsed();
+    println!(
+        "SIGKILL of {} mid-run: {} resumed the sync after {takeover:?} (lease TTL {LEASE_TTL_SECS} s)",
+        victim.id, successor.node_id
+    );
+    assert!(
+        takeover <= Duration::from_secs(LEASE_TTL_SECS + 3),
+        "{takeover:?}"
+    );
+
+    let finished = loop {
+        let runs = rt.block_on(store.list_runs(&sync, 5)).unwrap();
+        if let Some(run) = runs.first().filter(|r| r.state.is_terminal()) {
+            break (run.clone(), runs);
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "the resumed run did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (last, history) = finished;
+    assert_eq!(last.state, RunState::Succeeded, "{:?}", last.message);
+    assert!(
+        last.counts.rows_read < ROWS,
+        "resumed, not restarted: {}",
+        last.counts.rows_read
+    );
+    assert_eq!(
+        history.get(1).map(|r| r.state),
+        Some(RunState::Failed),
+        "the killed run is closed as interrupted: {history:?}"
+    );
+    assert_eq!(event_count(&rx_url), ROWS, "the receiver ends exact");
+
+    // The dead node's assignments moved to the living.
+    let placed = rt.block_on(all_assignments(&client)).unwrap();
+    assert!(
+        placed.values().flatten().all(|n| *n != victim.id),
+        "{placed:?}"
+    );
+    drop(nodes);
+    drop(etcd);
+}
