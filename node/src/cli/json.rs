@@ -297,7 +297,7 @@ pub fn dry_run(d: &pb::DryRunResponse) -> Value {
 }
 
 pub fn run(r: &pb::Run) -> Value {
-    let c = r.counts.clone().unwrap_or_default();
+    let c = r.counts.unwrap_or_default();
     json!({
         "tenant": r.tenant,
         "sync": r.sync,

@@ -248,21 +248,23 @@ fn progress_bar(sync: &str) -> ProgressBar {
 
 fn spinner_style() -> ProgressStyle {
     // wide_msg: the line is cut to the terminal's width instead of wrapping.
-    ProgressStyle::with_template("{spinner} {prefix} [{elapsed}] {human_pos} rows read · {wide_msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+    ProgressStyle::with_template(
+        "{spinner} {prefix} [{elapsed}] {human_pos} rows read · {wide_msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
         "{prefix} [{elapsed}] [{bar:25}] {human_pos}/{human_len} rows read · {wide_msg}",
     )
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 fn show_progress(bar: &ProgressBar, run: &pb::Run) {
-    let c = run.counts.clone().unwrap_or_default();
-    let p = run.progress.clone().unwrap_or_default();
+    let c = run.counts.unwrap_or_default();
+    let p = run.progress.unwrap_or_default();
     if let Some(total) = p.rows_total {
         if bar.length() != Some(total) {
             bar.set_style(bar_style());
@@ -320,7 +322,7 @@ fn runs_table(runs: &[pb::Run]) -> String {
             "refused",
         ],
         runs.iter().map(|r| {
-            let c = r.counts.clone().unwrap_or_default();
+            let c = r.counts.unwrap_or_default();
             vec![
                 r.run_id.clone(),
                 json::run_state(r.state),
@@ -339,8 +341,8 @@ fn runs_table(runs: &[pb::Run]) -> String {
 
 /// A run for people; with `max_errors`, only the first per-row errors and where to see the rest.
 pub fn run_text(r: &pb::Run, max_errors: Option<usize>) -> String {
-    let c = r.counts.clone().unwrap_or_default();
-    let p = r.progress.clone().unwrap_or_default();
+    let c = r.counts.unwrap_or_default();
+    let p = r.progress.unwrap_or_default();
     let mut text = fields(&[
         ("run", r.run_id.clone()),
         ("sync", format!("{}/{}", r.tenant, r.sync)),

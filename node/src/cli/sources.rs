@@ -12,6 +12,8 @@ use super::output::{emit, fields, list};
 use super::syncs::SyncFlags;
 use super::{json, read_secret, Connection};
 
+// Parsed once per process: the size of the flag structs does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum SourcesCommand {
     /// Create a source; the node tests the connection first and stores it only if it works.
@@ -59,7 +61,11 @@ pub enum SourcesCommand {
     /// (--mode may be left out: one_time is assumed, which reads the same rows).
     Preview {
         /// The source to read (not needed with --sync).
-        #[arg(id = "source_id", value_name = "SOURCE", required_unless_present = "sync")]
+        #[arg(
+            id = "source_id",
+            value_name = "SOURCE",
+            required_unless_present = "sync"
+        )]
         source_id: Option<String>,
         /// Preview a stored sync: its source, table and mapping.
         #[arg(long, conflicts_with = "source_id")]

@@ -13,6 +13,8 @@ use super::sources::problems_text;
 use super::webhook::{self, WebhookFlags};
 use super::{json, runs, Connection};
 
+// Parsed once per process: the size of the flag structs does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum SyncsCommand {
     /// Create a sync. The node validates it and its mapping against the table's real columns.
