@@ -410,8 +410,10 @@ mod tests {
         );
         let takeover = died.elapsed();
         println!("coordinator takeover after the leader died: {takeover:?} (lease TTL {ttl:?})");
+        // The lease ends within the TTL of its last renewal, plus etcd's 0.5 s expiry check;
+        // the margin is for a loaded machine.
         assert!(
-            takeover <= ttl + Duration::from_secs(1),
+            takeover <= ttl + Duration::from_secs(2),
             "takeover took {takeover:?}"
         );
         assert_eq!(
