@@ -128,12 +128,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         let runner = Arc::clone(&runner);
         let notifier = notifier.clone();
         tasks.spawn(async move {
-            // An interval schedule runs at once; a calendar one waits for its next time. The
-            // next time is computed from the last run's start, so ticks missed while a run was
-            // still going run once when it ends, not N times.
-            let mut next = match job.schedule.interval() {
-                Some(_) => Some(Utc::now()),
-                None => job.schedule.next_after(Utc::now()),
+            // The next time is computed from the last run's start (from the run history
+            // after a restart), so ticks missed while a run was still going, or while the node
+            // was down, run once, not N times. A sync that never ran: an interval schedule
+            // runs at once, a calendar one waits for its next time.
+            let mut next = match (last_run_at(&runner, &job).await, job.schedule.interval()) {
+                (Some(last), _) => job.schedule.next_after(last),
+                (None, Some(_)) => Some(Utc::now()),
+                (None, None) => job.schedule.next_after(Utc::now()),
             };
             while let Some(due) = next {
                 let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -163,6 +165,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // Webhooks still being delivered get a moment, not their whole retry budget.
     let _ = tokio::time::timeout(Duration::from_secs(15), notifier.flush()).await;
     Ok(())
+}
+
+/// When the sync's newest recorded run was queued.
+async fn last_run_at(runner: &SyncRunner, job: &Job) -> Option<chrono::DateTime<Utc>> {
+    let id = SyncId::of_spec(&job.sync).ok()?;
+    match runner.store().list_runs(&id, 1).await {
+        Ok(runs) => runs.first().map(|run| run.queued_at),
+        Err(e) => {
+            tracing::warn!(sync = %id, error = %e, "run history unavailable: missed ticks are not caught up");
+            None
+        }
+    }
 }
 
 /// Hands a finished run to its tenant's and sync's webhooks; delivery goes on in the

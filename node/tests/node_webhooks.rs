@@ -182,3 +182,53 @@ fn scheduled_runs_of_a_config_file_report_each_failure() {
         "one notification per run"
     );
 }
+
+#[test]
+fn a_tick_missed_while_the_node_was_down_runs_once_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, got) = hook_listener();
+    let state = dir.path().join("state");
+    // A run now, in the node's run history.
+    let file = config(dir.path(), &url, "");
+    let out = ferry()
+        .args(["node", "--once", "--config"])
+        .arg(&file)
+        .arg("--data")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(got.lock().unwrap().len(), 1);
+
+    // A daily tick two seconds later passes while no node runs; then the node starts.
+    let tick = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let daily = tick.format("%S %M %H * * *").to_string();
+    std::thread::sleep(
+        (tick - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1),
+    );
+    let file = config(dir.path(), &url, &format!("schedule = \"{daily}\""));
+    let mut node = ferry()
+        .args(["node", "--config"])
+        .arg(&file)
+        .arg("--data")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Once, not again: the next tick is tomorrow.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = node.kill();
+    let _ = node.wait();
+    let got = got.lock().unwrap();
+    assert_eq!(
+        got.len(),
+        2,
+        "the missed tick ran exactly once (schedule {daily})"
+    );
+    check_failure_hook(&got[1]);
+}
