@@ -111,6 +111,33 @@ fn event_count(url: &str) -> u64 {
 
 #[test]
 fn syncs_spread_over_three_nodes_and_a_killed_owner_is_replaced_with_the_receiver_exact() {
+    owner_lost_mid_run(Loss::Kill);
+}
+
+#[test]
+fn an_owner_paused_past_its_lease_is_replaced_and_stops_itself_when_continued() {
+    owner_lost_mid_run(Loss::Pause);
+}
+
+/// How the owner of the running sync is lost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Loss {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP until the sync finished elsewhere, then SIGCONT: a zombie waking up.
+    Pause,
+}
+
+fn signal(pid: u32, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
+
+fn owner_lost_mid_run(loss: Loss) {
     if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
         return;
     }
@@ -270,8 +297,13 @@ fn syncs_spread_over_three_nodes_and_a_killed_owner_is_replaced_with_the_receive
     };
     let victim = nodes.iter().position(|n| n.id == owner.node_id).unwrap();
     let mut victim = nodes.remove(victim);
-    victim.child.kill().unwrap();
-    victim.child.wait().unwrap();
+    match loss {
+        Loss::Kill => {
+            victim.child.kill().unwrap();
+            victim.child.wait().unwrap();
+        }
+        Loss::Pause => signal(victim.child.id(), "STOP"),
+    }
     let killed = Instant::now();
 
     // Another node claims it and resumes.
@@ -290,7 +322,7 @@ fn syncs_spread_over_three_nodes_and_a_killed_owner_is_replaced_with_the_receive
     };
     let takeover = killed.elapsed();
     println!(
-        "SIGKILL of {} mid-run: {} resumed the sync after {takeover:?} (lease TTL {LEASE_TTL_SECS} s)",
+        "{loss:?} of {} mid-run: {} resumed the sync after {takeover:?} (lease TTL {LEASE_TTL_SECS} s)",
         victim.id, successor.node_id
     );
     assert!(
@@ -329,6 +361,42 @@ fn syncs_spread_over_three_nodes_and_a_killed_owner_is_replaced_with_the_receive
         placed.values().flatten().all(|n| *n != victim.id),
         "{placed:?}"
     );
+
+    if loss == Loss::Pause {
+        // The zombie wakes up: its lease is long gone, so it trips its kill switch, stops its
+        // run, and whatever it still tries to write is refused; then it rejoins.
+        signal(victim.child.id(), "CONT");
+        let woke = Instant::now();
+        while !victim.log().contains("kill switch") {
+            assert!(
+                woke.elapsed() < Duration::from_secs(10),
+                "the zombie did not stop itself: {}",
+                victim.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        loop {
+            let live = rt.block_on(list_nodes(&client)).unwrap();
+            if live.iter().any(|n| n.node_id == victim.id) {
+                break;
+            }
+            assert!(
+                woke.elapsed() < Duration::from_secs(15),
+                "the zombie never rejoined"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let cursor = rt.block_on(store.get_cursor(&sync)).unwrap().unwrap();
+        assert_eq!(cursor.node_id, successor.node_id, "no zombie commit landed");
+        let runs = rt.block_on(store.list_runs(&sync, 5)).unwrap();
+        assert_eq!(runs[0].state, RunState::Succeeded, "{runs:?}");
+        assert_eq!(runs[1].state, RunState::Failed, "{runs:?}");
+        assert_eq!(
+            event_count(&rx_url),
+            ROWS,
+            "still exact after the zombie woke"
+        );
+    }
     drop(nodes);
     drop(etcd);
 }
