@@ -203,16 +203,35 @@ pub struct Prepared {
     pub plain: Plain,
 }
 
+/// Credentials a spec cannot do without: left empty, they stay in the spec as `""` so that
+/// validation names them ("must not be empty") instead of the spec failing to read.
+const REQUIRED_SECRETS: &[&str] = &[
+    "/auth/service_account/secret",
+    "/auth/project_token",
+    "/kind/postgres/ssh_tunnel/private_key",
+];
+
 /// Splits a request's spec. A credential field that is present but empty keeps its `stored`
-/// value (an update that does not repeat a password keeps it); one that is absent is dropped.
+/// value (an update that does not repeat a password keeps it), or else is unset; one that is
+/// absent is dropped.
 pub fn prepare(json: serde_json::Value, fields: &[&str], stored: &Plain) -> Prepared {
     let mut full = json;
     let mut public = full.clone();
     let mut plain = secrets::extract(&mut public, fields);
     for field in fields {
         let empty = full.pointer(field).is_some_and(|v| v.as_str() == Some(""));
-        if let (true, Some(value)) = (empty, stored.0.get(*field)) {
-            plain.0.insert((*field).to_string(), value.clone());
+        if !empty {
+            continue;
+        }
+        match stored.0.get(*field) {
+            Some(value) => {
+                plain.0.insert((*field).to_string(), value.clone());
+            }
+            None if !REQUIRED_SECRETS.contains(field) => {
+                // An optional credential left empty is not set.
+                secrets::extract(&mut full, &[field]);
+            }
+            None => {}
         }
     }
     secrets::insert(&mut full, &plain);
@@ -245,6 +264,22 @@ mod tests {
         assert_eq!(p.full["kind"]["postgres"]["password"], "old-pw");
         assert_eq!(p.plain.0.len(), 1, "the webhook is gone, so is its secret");
         assert!(!p.public.to_string().contains("old-pw"));
+
+        // Empty and nothing stored: an optional credential is unset, a required one stays
+        // empty for validation to name.
+        let request = serde_json::json!({"webhook": {"url": "u", "secret": ""}, "auth": {"project_token": ""}});
+        let fresh = prepare(
+            request,
+            &["/webhook/secret", "/auth/project_token"],
+            &Plain::default(),
+        );
+        assert!(
+            fresh.full["webhook"].get("secret").is_none(),
+            "{}",
+            fresh.full
+        );
+        assert_eq!(fresh.full["auth"]["project_token"], "");
+        assert!(fresh.plain.0.is_empty());
 
         let request = serde_json::json!({"kind": {"postgres": {"password": "new-pw"}}});
         let p = prepare(request, &["/kind/postgres/password"], &stored);

@@ -12,6 +12,7 @@ use ferry_connectors::mixpanel::{ClientSettings, RetryPolicy};
 use ferry_coordinator::admin::server::{start, RunningServer, ServerConfig};
 use ferry_coordinator::catalog::Catalog;
 use ferry_coordinator::runner::RunnerSettings;
+use ferry_coordinator::schedule::Clock;
 use ferry_coordinator::secrets::SecretBox;
 use ferry_coordinator::{EmbeddedSettings, EmbeddedStore, StateStore};
 use ferry_proto::admin::v1 as pb;
@@ -43,6 +44,11 @@ pub struct World {
 
 /// Everything started, or None (with a loud message) where PostgreSQL is not installed.
 pub async fn world(pg: PgConfig) -> Option<World> {
+    world_with_clock(pg, None).await
+}
+
+/// [`world`] with the scheduler's clock given (None: the system's).
+pub async fn world_with_clock(pg: PgConfig, clock: Option<Arc<dyn Clock>>) -> Option<World> {
     if !require_tool("postgres", postgres_bin_dir().is_some()) {
         return None;
     }
@@ -91,6 +97,9 @@ pub async fn world(pg: PgConfig) -> Option<World> {
         ..Default::default()
     };
     config.admin.public_base_url = Some("https://ferry.example.com".into());
+    if let Some(clock) = clock {
+        config.clock = clock;
+    }
     let state: Arc<dyn StateStore> = store.clone();
     let catalog: Arc<dyn Catalog> = store.clone();
     let server = start(config, state, catalog).await.expect("the API starts");
