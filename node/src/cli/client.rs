@@ -2,7 +2,7 @@
 //! deadline on every unary call, and every failure turned into a [`CliError`].
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_proto::admin::v1::{
@@ -10,7 +10,7 @@ use ferry_proto::admin::v1::{
     tenants_client::TenantsClient,
 };
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::error::{CallContext, CliError, ExitKind};
@@ -46,17 +46,13 @@ impl Client {
         endpoint: &str,
         token: Option<String>,
         timeout: Duration,
+        ca_cert: Option<&Path>,
     ) -> Result<Self, CliError> {
         let ctx = CallContext {
             endpoint: endpoint.to_owned(),
             token_given: token.is_some(),
             timeout,
         };
-        if endpoint.starts_with("https://") {
-            return Err(CliError::usage(format!(
-                "--endpoint {endpoint}: this build speaks plain HTTP/2 only; reach a TLS-terminated node through http:// on a trusted network or a local tunnel"
-            )));
-        }
         let auth = match token {
             Some(t) => Some(
                 MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
@@ -68,10 +64,27 @@ impl Client {
             ),
             None => None,
         };
-        let ep = Endpoint::from_shared(endpoint.to_owned())
+        let mut ep = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| CliError::usage(format!("--endpoint {endpoint}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT.min(timeout))
             .tcp_nodelay(true);
+        if endpoint.starts_with("https://") {
+            // The public web's roots, plus the CA given (a private CA of the cluster's ingress).
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(path) = ca_cert {
+                let pem = std::fs::read(path).map_err(|e| {
+                    CliError::usage(format!("--endpoint-ca-cert {}: {e}", path.display()))
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| CliError::usage(format!("--endpoint {endpoint}: TLS: {e}")))?;
+        } else if ca_cert.is_some() {
+            return Err(CliError::usage(format!(
+                "--endpoint-ca-cert is for https:// endpoints; {endpoint} is plain HTTP"
+            )));
+        }
         // Connected on the first call, so a bad command line or file is reported before any
         // network error; a refused connection then comes back as UNAVAILABLE.
         let channel = ep.connect_lazy();

@@ -29,7 +29,7 @@ use output::Format;
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7700";
 
 const EXIT_CODES: &str = "\
-Environment: FERRY_ENDPOINT, FERRY_TOKEN (or FERRY_TOKEN_FILE), FERRY_TENANT, FERRY_OUTPUT, FERRY_TIMEOUT.
+Environment: FERRY_ENDPOINT, FERRY_TOKEN (or FERRY_TOKEN_FILE), FERRY_TENANT, FERRY_OUTPUT, FERRY_TIMEOUT, FERRY_ENDPOINT_CA_CERT.
 
 Exit codes: 0 done; 1 the node refused the request or another error; 2 bad command line or \
 input file; 3 no token, a refused token, or not allowed; 4 not found; 5 the node cannot be \
@@ -72,6 +72,10 @@ pub struct Connection {
     /// operator token must give it.
     #[arg(long, env = "FERRY_TENANT", global = true)]
     tenant: Option<String>,
+    /// For an https:// endpoint: a PEM file with the CA that signed the node's (or its
+    /// ingress's) certificate, trusted besides the public web's roots.
+    #[arg(long, env = "FERRY_ENDPOINT_CA_CERT", global = true, value_name = "PATH")]
+    endpoint_ca_cert: Option<PathBuf>,
     /// `table` for people, `json` for scripts.
     #[arg(
         long,
@@ -91,7 +95,12 @@ pub struct Connection {
 impl Connection {
     fn connect(&self) -> Result<Client, CliError> {
         let token = client::read_token(self.token_file.as_ref())?;
-        Client::connect(&self.endpoint, token, self.timeout)
+        Client::connect(
+            &self.endpoint,
+            token,
+            self.timeout,
+            self.endpoint_ca_cert.as_deref(),
+        )
     }
 
     /// The tenant for requests that name one (empty: the token's own).
