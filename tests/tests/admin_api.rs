@@ -445,3 +445,105 @@ async fn a_sync_lives_its_whole_life_through_the_api() {
     assert!(w.store.current_owner(&id).await.unwrap().is_none());
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_dry_run_counts_inserts_updates_and_deletes_without_sending() {
+    let Some(mut w) = world(PgConfig::default()).await else {
+        return;
+    };
+    w.pg.sql("CREATE TABLE people (id text PRIMARY KEY, name text, plan text);")
+        .unwrap();
+    w.pg.sql(
+        "INSERT INTO people SELECT 'p' || i, 'name ' || i, 'free' FROM generate_series(1, 10) i;",
+    )
+    .unwrap();
+    let token = w.tenant_with_token("acme").await;
+    w.create_source(&token, w.postgres("pg")).await;
+    let sync = pb::Sync {
+        id: "people".into(),
+        source: "pg".into(),
+        target: Some(pb::ReadTarget {
+            target: Some(pb::read_target::Target::Table("public.people".into())),
+        }),
+        table_type: pb::TableType::UserProfiles as i32,
+        mode: pb::SyncMode::Mirror as i32,
+        mapping: Some(pb::Mapping {
+            distinct_id_column: Some("id".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    w.create_sync(&token, sync).await;
+    let dry_run = || async {
+        w.syncs()
+            .dry_run(req(
+                &token,
+                pb::DryRunRequest {
+                    id: "people".into(),
+                    samples: 3,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let first = dry_run().await;
+    assert_eq!(
+        (first.inserts, first.updates, first.deletes),
+        (10, 0, 0),
+        "{first:?}"
+    );
+    assert_eq!(first.samples.len(), 3);
+    assert!(first.samples.iter().all(|s| s.endpoint == "insert"));
+    for sample in &first.samples {
+        assert!(!sample.json.contains(PROJECT_TOKEN), "{}", sample.json);
+        assert!(sample.json.contains("\"$set\""), "{}", sample.json);
+    }
+    let profiles = |state: serde_json::Value| state["profiles"].as_object().unwrap().clone();
+    assert!(
+        profiles(w.state().await).is_empty(),
+        "a dry run sends nothing"
+    );
+
+    let run_id = w
+        .syncs()
+        .trigger_sync(req(
+            &token,
+            pb::TriggerSyncRequest {
+                id: "people".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    let seen = w.follow(&token, "", "people", &run_id).await;
+    assert_eq!(
+        seen.last().unwrap().state(),
+        pb::RunState::Succeeded,
+        "{seen:?}"
+    );
+    assert_eq!(profiles(w.state().await).len(), 10);
+
+    w.pg.sql("UPDATE people SET plan = 'paid' WHERE id = 'p1'; DELETE FROM people WHERE id = 'p2'; INSERT INTO people VALUES ('p11', 'new', 'free');")
+        .unwrap();
+    let second = dry_run().await;
+    assert_eq!(
+        (second.inserts, second.updates, second.deletes),
+        (1, 1, 1),
+        "{second:?}"
+    );
+    // The dry run changed nothing, here or there: the next one finds the same changes.
+    let after = profiles(w.state().await);
+    assert_eq!(after.len(), 10);
+    assert!(after.contains_key("p2") && !after.contains_key("p11"));
+    let again = dry_run().await;
+    assert_eq!(
+        (again.inserts, again.updates, again.deletes),
+        (1, 1, 1),
+        "{again:?}"
+    );
+    w.stop().await;
+}

@@ -245,13 +245,10 @@ impl Admin {
         samples: usize,
         max_rows: Option<u64>,
     ) -> Result<pb::DryRunResponse, Status> {
-        if job.sync.mode == SyncMode::Mirror {
-            return Err(Status::failed_precondition(format!(
-                "sync '{}' is a Mirror sync: its dry run needs the Mirror engine's snapshot diff, which this node cannot run yet",
-                job.sync.id
-            )));
-        }
         let checked = self.check_sync(&job.tenant, &job.sync, "dry-run").await?;
+        if job.sync.mode == SyncMode::Mirror {
+            return self.mirror_dry_run(job, checked, samples).await;
+        }
         let id = sync_id(&job.sync.tenant, &job.sync.id)?;
         let cursor = match (&job.sync.mode, &job.sync.cursor_column) {
             (SyncMode::Append, Some(column)) => Some(CursorFilter {
@@ -368,6 +365,100 @@ impl Admin {
             }
         }
         Ok(out)
+    }
+
+    /// A Mirror sync's dry run: the engine snapshots and diffs in the warehouse's staging
+    /// schema (its dry-run tables are dropped again) and maps every change, sending nothing and
+    /// leaving the sync's snapshots and cursor as they were.
+    async fn mirror_dry_run(
+        &self,
+        job: &Job,
+        checked: CheckedSync,
+        samples: usize,
+    ) -> Result<pb::DryRunResponse, Status> {
+        let mut settings = self.runs.settings().clone();
+        settings.receiver_extensions = job.receiver_extensions;
+        let report = crate::mirror::dry_run(
+            self.store.as_ref(),
+            &settings,
+            &job.tenant,
+            &job.source,
+            &job.sync,
+            samples,
+        )
+        .await
+        .map_err(|e| {
+            let context = format!("sync '{}': dry run", job.sync.id);
+            match e {
+                crate::mirror::MirrorError::Warehouse(w) => errors::warehouse(&context, &w),
+                crate::mirror::MirrorError::Spec(s) => errors::spec_errors(&context, &s),
+                crate::mirror::MirrorError::Store(s) => errors::store(&s),
+                other => Status::failed_precondition(format!("{context}: {other}")),
+            }
+        })?;
+        let mut warnings: Vec<String> = checked
+            .valid
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        if report.deletes_not_applied > 0 {
+            warnings.push(format!(
+                "{} deleted event rows would not be applied: Mixpanel's public API has no per-event delete",
+                report.deletes_not_applied
+            ));
+        }
+        if report.pending_unsent > 0 {
+            warnings.push(format!(
+                "{} changes found by an earlier run are not acknowledged yet; the next run sends them first",
+                report.pending_unsent
+            ));
+        }
+        if let Some(change) = &report.schema_change {
+            warnings.push(format!("the source's columns changed: {change}"));
+        }
+        if report.lookup_replaced == Some(false) {
+            warnings.push("nothing changed: the lookup table would not be replaced".into());
+        }
+        Ok(pb::DryRunResponse {
+            rows_read: report.inserts + report.updates + report.deletes,
+            inserts: report.inserts,
+            updates: report.updates,
+            deletes: report.deletes,
+            invalid_rows: report.invalid,
+            records: (report.inserts + report.updates + report.deletes)
+                .saturating_sub(report.invalid + report.deletes_not_applied),
+            samples: report
+                .samples
+                .into_iter()
+                .map(|sample| {
+                    let mut record = sample.record;
+                    // The project token is a credential: shown as in previews.
+                    if let Some(token) = record.get_mut("$token") {
+                        *token = serde_json::Value::String(TOKEN_SHOWN_AS.into());
+                    }
+                    pb::PreviewRecord {
+                        row: 0,
+                        endpoint: sample.change.as_str().into(),
+                        json: record.to_string(),
+                    }
+                })
+                .collect(),
+            errors: report
+                .errors
+                .iter()
+                .map(|e| pb::RowProblem {
+                    reason: e.reason.to_string(),
+                    row: e.row,
+                    key: e.key.clone().unwrap_or_default(),
+                    field: e.field.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            cursor: String::new(),
+            truncated: false,
+            warnings,
+        })
     }
 
     /// Deletes what the sync imported, where the destination can: profiles through `$delete`,
