@@ -593,4 +593,40 @@ fn every_error_has_its_exit_code_and_one_line_message() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     run(ferry_for(&closed, OP).args(["syncs", "list", "--tenant", "a"]))
         .fails_with(5, &format!("cannot reach the node at {closed}"));
+
+    // Tenants: an update by flags keeps the stored secret; a tenant with objects is deleted
+    // only with --cascade, and its token dies with it.
+    let renamed = node.json(OP, &["tenants", "update", "b", "--name", "Tenant B"]);
+    assert_eq!(renamed["name"], "Tenant B");
+    assert_eq!(
+        renamed["credentials"]["service_account"]["secret_set"],
+        true
+    );
+    assert_eq!(node.json(b, &["tenants", "get"])["name"], "Tenant B");
+    node.cli(OP, &["tenants", "delete", "b"]).fails_with(1, "");
+    let deleted = node.json(OP, &["tenants", "delete", "b", "--cascade"]);
+    assert_eq!(deleted["deleted"]["tenant"], "b");
+    node.cli(OP, &["tenants", "get", "b"])
+        .fails_with(4, "not found");
+    node.cli(b, &["syncs", "list"])
+        .fails_with(3, "the token was refused");
+    let listed = node.cli(OP, &["tenants", "list"]);
+    assert_eq!(
+        listed
+            .stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "ID",
+            "NAME",
+            "PROJECT",
+            "DESTINATION",
+            "CREDENTIALS",
+            "UPDATED"
+        ]
+    );
+    assert_eq!(listed.stdout.lines().count(), 2, "{}", listed.stdout);
 }
