@@ -433,18 +433,37 @@ fn every_error_has_its_exit_code_and_one_line_message() {
                 secret,
             ],
         );
-        // SQLite reads the node's disk, so only the operator creates it.
-        node.json(
-            OP,
-            &[
-                "sources",
-                "create",
-                "wh",
-                "--tenant",
-                tenant,
-                "--sqlite-path",
-                db.to_str().unwrap(),
-            ],
+        // SQLite reads the node's disk, so only the operator creates it: from a TOML file
+        // (the id and tenant from the command line) for one tenant, from flags for the other.
+        let source = if tenant == "a" {
+            let file = write(
+                dir.path(),
+                "source.toml",
+                &format!("kind = 'sqlite'\n[sqlite]\npath = '{}'\n", db.display()),
+            );
+            node.json(
+                OP,
+                &[
+                    "sources", "create", "wh", "--tenant", tenant, "--file", &file,
+                ],
+            )
+        } else {
+            node.json(
+                OP,
+                &[
+                    "sources",
+                    "create",
+                    "wh",
+                    "--tenant",
+                    tenant,
+                    "--sqlite-path",
+                    db.to_str().unwrap(),
+                ],
+            )
+        };
+        assert_eq!(
+            (&source["tenant"], &source["sqlite"]["path"]),
+            (&Value::from(tenant), &Value::from(db.to_str().unwrap()))
         );
         node.json(
             OP,
