@@ -142,10 +142,20 @@ impl Node {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_ends_exact() {
+/// Everything a test here needs: etcd, PostgreSQL with the orders table, the receiver (every
+/// import request answered after 150 ms, so a run lasts seconds), two nodes, and the catalog.
+struct World {
+    etcd: TestEtcd,
+    _pg: TestPostgres,
+    rx: ferry_receiver::RunningReceiver,
+    _dir: tempfile::TempDir,
+    a: Node,
+    b: Node,
+}
+
+async fn world() -> Option<World> {
     if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
-        return;
+        return None;
     }
     let etcd = TestEtcd::start().unwrap();
     let etcd_settings = EtcdSettings::new(etcd.endpoints());
@@ -174,8 +184,8 @@ async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_end
     cfg.faults = toml::from_str("slow = 1.0\nslow_ms = 150").unwrap();
     let rx = ferry_receiver::start(cfg).await.unwrap();
 
-    let mut a = Node::start("node-a", &etcd_settings).await;
-    let mut b = Node::start("node-b", &etcd_settings).await;
+    let a = Node::start("node-a", &etcd_settings).await;
+    let b = Node::start("node-b", &etcd_settings).await;
 
     // The catalog (credentials kept in the spec here: sealing is not what this test is about).
     let now = chrono::Utc::now();
@@ -222,12 +232,47 @@ async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_end
         )
         .await
         .unwrap();
+    Some(World {
+        etcd,
+        _pg: pg,
+        rx,
+        _dir: dir,
+        a,
+        b,
+    })
+}
+
+async fn event_count(rx: &ferry_receiver::RunningReceiver) -> Json {
+    let state: Json = reqwest::get(format!(
+        "{}/ferry/v1/projects/77/state?events=false",
+        rx.base_url()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    state["event_count"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_ends_exact() {
+    // Bound first, so the fields not moved out (PostgreSQL, the temp dir) live to the end.
+    let Some(mut w) = world().await else {
+        return;
+    };
+    let (rx, a, b) = (&w.rx, &mut w.a, &mut w.b);
     let sync = SyncId::new("acme", "orders").unwrap();
 
     // Placed, claimed and running on one node, with at least one cursor committed.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (owner_runs, first_run) = loop {
-        assert!(Instant::now() < deadline, "the sync never started");
+        if Instant::now() > deadline {
+            panic!(
+                "the sync never started: runs {:?}",
+                a.store.list_runs(&sync, 5).await
+            );
+        }
         if let Some(run) = a.runs.active(&sync) {
             break ("node-a", run.run_id.clone());
         }
@@ -237,9 +282,9 @@ async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_end
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (zombie, survivor) = if owner_runs == "node-a" {
-        (&mut a, &mut b)
+        (a, b)
     } else {
-        (&mut b, &mut a)
+        (b, a)
     };
     loop {
         assert!(Instant::now() < deadline, "no cursor was committed");
@@ -341,4 +386,84 @@ async fn a_partitioned_owner_is_replaced_within_a_lease_ttl_and_the_receiver_end
         "{:?}",
         first.message
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restarted_under_load_stops_every_run_and_the_sync_resumes_exact() {
+    let Some(mut w) = world().await else {
+        return;
+    };
+    let (etcd, rx, a, b) = (&mut w.etcd, &w.rx, &w.a, &w.b);
+    let sync = SyncId::new("acme", "orders").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owner = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the sync never committed a cursor"
+        );
+        let running = [a, b].into_iter().find(|n| n.runs.active(&sync).is_some());
+        if let Some(node) = running {
+            if a.store.get_cursor(&sync).await.unwrap().is_some() {
+                break node;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first_run = owner.runs.active(&sync).unwrap().run_id.clone();
+
+    // etcd goes away for longer than half a lease TTL: every node's kill switch trips and
+    // its runs stop, though nobody else could have taken them.
+    tokio::task::block_in_place(|| etcd.kill()).unwrap();
+    let down = Instant::now();
+    let mut liveness = owner.membership.as_ref().unwrap().liveness();
+    tokio::time::timeout(TTL, liveness.wait_for(|l| l.lease().is_none()))
+        .await
+        .expect("the kill switch tripped")
+        .unwrap();
+    let tripped = down.elapsed();
+    for _ in 0..100 {
+        if owner.runs.active(&sync).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        owner.runs.active(&sync).is_none(),
+        "the run stopped when the node lost its lease"
+    );
+    tokio::time::sleep(TTL).await;
+    tokio::task::block_in_place(|| etcd.restart()).unwrap();
+    println!(
+        "etcd down for {:?}; kill switch tripped after {tripped:?}",
+        down.elapsed()
+    );
+
+    // Back: the nodes take new leases, the sync is placed again and resumes from its cursor.
+    let finished = loop {
+        assert!(
+            down.elapsed() < Duration::from_secs(90),
+            "the sync did not finish after etcd came back"
+        );
+        if let Ok(runs) = a.store.list_runs(&sync, 5).await {
+            if let Some(run) = runs
+                .first()
+                .filter(|r| r.run_id != first_run && r.state.is_terminal())
+            {
+                break (run.clone(), runs);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (last, runs) = finished;
+    assert_eq!(last.state, RunState::Succeeded, "{:?}", last.message);
+    assert!(
+        last.counts.rows_read < ROWS as u64,
+        "resumed, not restarted"
+    );
+    let first = runs.iter().find(|r| r.run_id == first_run).unwrap();
+    assert!(
+        first.state.is_terminal() && first.state != RunState::Succeeded,
+        "the stopped run is closed: {first:?}"
+    );
+    assert_eq!(event_count(rx).await, json!(ROWS));
 }
