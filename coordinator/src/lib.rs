@@ -1,7 +1,9 @@
-//! Cluster coordination. For now: the state store — ownership with fencing tokens, cursors and
-//! run history — behind the [`store::StateStore`] trait, with its single-node implementation
-//! ([`embedded::EmbeddedStore`], one file). The etcd store, node leases, coordinator election,
-//! placement, the scheduler and the admin API service come next and build on the same trait.
+//! Cluster coordination: the state store — ownership with fencing tokens, cursors and run
+//! history — behind the [`store::StateStore`] trait, with its single-node implementation
+//! ([`embedded::EmbeddedStore`], one file) and, with feature `etcd`, the cluster's
+//! ([`cluster`]: the etcd store and catalog, node leases and the kill switch, coordinator
+//! election, placement, and the node agent); the catalog, the scheduler, the run manager and
+//! the admin API service on top of them.
 //!
 //! Open: `CursorSink::commit` returns a `String`, so a fenced commit and a store outage look the
 //! same to the pipeline; a typed, classified error there would let the supervisor stop at once
