@@ -74,7 +74,12 @@ pub struct Connection {
     tenant: Option<String>,
     /// For an https:// endpoint: a PEM file with the CA that signed the node's (or its
     /// ingress's) certificate, trusted besides the public web's roots.
-    #[arg(long, env = "FERRY_ENDPOINT_CA_CERT", global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        env = "FERRY_ENDPOINT_CA_CERT",
+        global = true,
+        value_name = "PATH"
+    )]
     endpoint_ca_cert: Option<PathBuf>,
     /// `table` for people, `json` for scripts.
     #[arg(

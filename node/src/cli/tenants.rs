@@ -82,14 +82,7 @@ pub struct TenantFlags {
 }
 
 impl TenantFlags {
-    fn apply(&self, t: &mut pb::Tenant) -> Result<(), CliError> {
-        if let Some(v) = &self.name {
-            t.name = v.clone();
-        }
-        if let Some(v) = self.project_id {
-            t.project_id = v;
-        }
-        let dest = t.destination.get_or_insert_with(Default::default);
+    fn apply_destination(&self, dest: &mut pb::Destination) -> Result<(), CliError> {
         if let Some(r) = &self.region {
             dest.target = Some(pb::destination::Target::Region(input::region(r)?));
         }
@@ -98,6 +91,21 @@ impl TenantFlags {
         }
         if let Some(b) = self.receiver_extensions {
             dest.receiver_extensions = b;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, t: &mut pb::Tenant) -> Result<(), CliError> {
+        if let Some(v) = &self.name {
+            t.name = v.clone();
+        }
+        if let Some(v) = self.project_id {
+            t.project_id = v;
+        }
+        let names_destination =
+            self.region.is_some() || self.base_url.is_some() || self.receiver_extensions.is_some();
+        if names_destination {
+            self.apply_destination(t.destination.get_or_insert_with(Default::default))?;
         }
         let project_token = self
             .project_token_file
