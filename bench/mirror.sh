@@ -6,15 +6,16 @@
 # second run: its wall time (process start to exit) and the engine's split between snapshot
 # (copy + checksum of the whole table in PostgreSQL), diff (in PostgreSQL), import (reading the
 # changed rows, encoding, sending, acknowledging) and rotate, as the run record reports them.
-#   bench/mirror.sh [ROWS]          (default 1000000)
+#   bench/mirror.sh [ROWS]          (default 1000000; FERRY_BIN=path skips building ferry)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-1000000}
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 pgbin=${FERRY_TEST_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [ -x "$pgbin/initdb" ] || { echo "PostgreSQL server binaries not found (set FERRY_TEST_PG_BIN)" >&2; exit 1; }
-cargo build --release -q -p ferry
-ferry=${CARGO_TARGET_DIR:-target}/release/ferry
+# FERRY_BIN: an already built `ferry` (skips the release build).
+if [ -z "${FERRY_BIN:-}" ]; then cargo build --release -q -p ferry; fi
+ferry=${FERRY_BIN:-${CARGO_TARGET_DIR:-target}/release/ferry}
 
 work=$(mktemp -d /tmp/ferry-bench-mirror.XXXXXX)
 chmod 755 "$work"

@@ -261,6 +261,7 @@ impl SyncRunner {
                 fence,
                 run,
                 progress,
+                cancel: self.control.cancel.clone(),
             })
             .await;
         }

@@ -18,7 +18,7 @@ use ferry_connectors::warehouse::postgres::PostgresWarehouse;
 use ferry_connectors::warehouse::{Page, ReadRequest, ReadSource, Warehouse};
 use ferry_coordinator::mirror::cursor::MirrorCursor;
 use ferry_coordinator::mirror::{self, STAGING_SCHEMA};
-use ferry_coordinator::runner::{RunnerSettings, SyncRunner};
+use ferry_coordinator::runner::{RunControl, RunnerSettings, SyncRunner};
 use ferry_coordinator::{
     CursorRecord, EmbeddedSettings, EmbeddedStore, Fence, Owner, RunRecord, RunState, StateStore,
     StoreError, SyncId,
@@ -627,12 +627,43 @@ async fn a_run_killed_at_any_step_loses_nothing_and_the_next_sends_exactly_what_
     // 4. Killed after the rotation, before the old snapshot was dropped: simulated by a
     //    leftover table of this sync; the next run drops it.
     let names = mirror::naming::StagingNames::new("acme", "orders");
-    let stray = names.snapshot(99);
+    let stray = names.snapshot(99, "dead-run");
     w.pg.sql(&format!("CREATE TABLE {STAGING_SCHEMA}.{stray} (x int);"))
         .unwrap();
     w.ok(&spec).await;
     assert!(!w.staging_tables().contains(&stray));
     assert_exact(&events_by_id(&w.state().await), &orders_expected(&w));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_sends_nothing_and_the_next_run_sends_everything() {
+    let Some(w) = world(StoreMode::Disk, 100).await else {
+        return;
+    };
+    w.pg.sql(ORDERS).unwrap();
+    insert_orders(&w.pg, 1, 120);
+    let spec = orders_sync("orders");
+    let (_cancel, cancelled) = tokio::sync::watch::channel(true);
+    let store: Arc<dyn StateStore> = w.store.clone();
+    let run = SyncRunner::new(store, w.settings.clone())
+        .with_control(RunControl {
+            run_id: None,
+            cancel: Some(cancelled),
+        })
+        .run(
+            &w.tenant(),
+            &w.source(),
+            &spec,
+            Arc::new(RunProgress::default()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.state, RunState::Cancelled, "{:?}", run.message);
+    assert_eq!(run.counts.records_sent, 0);
+    let next = w.ok(&spec).await;
+    assert_eq!(next.counts.records_accepted, 120);
+    assert_exact(&events_by_id(&w.state().await), &orders_expected(&w));
+    assert_eq!(w.staging_tables().len(), 1, "{:?}", w.staging_tables());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -175,14 +175,17 @@ async fn diff_and_read(
 ) -> Result<(), MirrorError> {
     let new = snapshot_ref(generation);
     let old = base.map(snapshot_ref);
-    warehouse
-        .execute(&[
-            sql.drop_table(changes),
-            sql.drop_table(&generation.snapshot),
-            sql.snapshot(read_from, &new)?,
-            sql.diff(&new, old.as_ref(), changes),
-        ])
-        .await?;
+    let statements: Vec<_> = [
+        sql.drop_table(changes),
+        sql.drop_table(&generation.snapshot),
+        sql.snapshot(read_from, &new)?,
+    ]
+    .into_iter()
+    .chain(sql.analyze(&generation.snapshot))
+    .chain([sql.diff(&new, old.as_ref(), changes)])
+    .chain(sql.analyze(changes))
+    .collect();
+    warehouse.execute(&statements).await?;
     let (counts, shared): (ChangeCounts, u64) = count_changes(warehouse, sql, changes).await?;
     report.inserts = counts.inserts;
     report.updates = counts.updates;

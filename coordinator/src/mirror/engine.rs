@@ -13,7 +13,7 @@ use ferry_connectors::warehouse::{Page, ReadRequest, ReadSource};
 use ferry_core::mapping::{ImportContext, LookupCsvWriter, RowMapper};
 use ferry_core::spec::{Mapping, SourceSpec, SyncSpec, Target, TenantSpec};
 use ferry_core::value::{Column, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::cursor::{ChangeCounts, Generation, MirrorCursor, Pending};
 use super::naming::StagingNames;
@@ -35,6 +35,19 @@ pub struct MirrorRun<'a> {
     pub fence: &'a Fence,
     pub run: &'a RunRecord,
     pub progress: Arc<RunProgress>,
+    /// Turns true when the run is to be cancelled: statements in flight are abandoned, the
+    /// send stops, and the cursor stays at its last commit.
+    pub cancel: Option<watch::Receiver<bool>>,
+}
+
+/// Resolves when `cancel` turns true (never without one).
+pub(super) async fn cancelled(cancel: Option<watch::Receiver<bool>>) {
+    if let Some(mut cancel) = cancel {
+        if cancel.wait_for(|c| *c).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// How long the phases of a generation took.
@@ -199,6 +212,18 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Runs warehouse work unless the run is cancelled first (the work is then abandoned: a
+    /// statement the warehouse finishes anyway leaves a table the next run drops).
+    async fn interruptible<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, MirrorError>>,
+    ) -> Result<T, MirrorError> {
+        tokio::select! {
+            result = work => result,
+            _ = cancelled(self.r.cancel.clone()) => Err(MirrorError::Cancelled),
+        }
+    }
+
     fn sql(&self) -> MirrorSql<'_> {
         MirrorSql::new(self.warehouse.dialect(), STAGING_SCHEMA)
     }
@@ -337,26 +362,33 @@ impl<'a> Engine<'a> {
         let number = cursor.next_number();
         let generation = Generation {
             number,
-            snapshot: self.names.snapshot(number),
+            snapshot: self.names.snapshot(number, &self.r.run.run_id),
             columns,
             identity: self.identity.clone(),
         };
-        let changes = self.names.changes(number);
+        let changes = self.names.changes(number, &self.r.run.run_id);
         let mut timings = MirrorTimings::default();
 
         let started = Instant::now();
         let new = snapshot_ref(&generation);
-        self.warehouse
-            .execute(&[sql.snapshot(read_from, &new)?])
+        let snapshot: Vec<_> = std::iter::once(sql.snapshot(read_from, &new)?)
+            .chain(sql.analyze(new.name))
+            .collect();
+        self.interruptible(async { Ok(self.warehouse.execute(&snapshot).await?) })
             .await?;
         timings.snapshot = started.elapsed();
 
         let started = Instant::now();
         let old = cursor.current.as_ref().map(snapshot_ref);
-        self.warehouse
-            .execute(&[sql.diff(&new, old.as_ref(), &changes)])
+        let diff: Vec<_> = std::iter::once(sql.diff(&new, old.as_ref(), &changes))
+            .chain(sql.analyze(&changes))
+            .collect();
+        let (counts, shared) = self
+            .interruptible(async {
+                self.warehouse.execute(&diff).await?;
+                count_changes(self.warehouse.as_ref(), &sql, &changes).await
+            })
             .await?;
-        let (counts, shared) = count_changes(self.warehouse.as_ref(), &sql, &changes).await?;
         timings.diff = started.elapsed();
         if shared > 0 && !self.identity.is_empty() {
             log.notes
@@ -461,7 +493,9 @@ impl<'a> Engine<'a> {
         if let Some(table_id) = self.is_lookup() {
             if pending.counts.total() > 0 {
                 log.attempts = log.attempts.max(1);
-                let note = self.replace_lookup(table_id, &new, log).await?;
+                let note = self
+                    .interruptible(self.replace_lookup(table_id, &new, log))
+                    .await?;
                 log.notes.push(note);
             }
             return Ok(());
@@ -485,7 +519,13 @@ impl<'a> Engine<'a> {
             progress: self.r.progress.clone(),
             settings: self.r.settings.pipeline.clone(),
         });
-        match supervise(factory, self.r.settings.restart.clone()).await {
+        match supervise(
+            factory,
+            self.r.settings.restart.clone(),
+            self.r.cancel.clone(),
+        )
+        .await
+        {
             Ok((attempts, errors)) => {
                 log.attempts += attempts;
                 log.errors.extend(errors);

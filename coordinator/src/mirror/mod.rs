@@ -19,8 +19,8 @@
 //! 3. Compare the source's columns with `current`'s: columns added at the end are fine;
 //!    anything else fails the run before anything is created or sent, unless the sync sets
 //!    `accept_schema_change`.
-//! 4. Snapshot the source into `snap_<sync>_<n+1>`, diff it against `current` into
-//!    `chg_<sync>_<n+1>` (numbered changes: deletes, updates, inserts), count them, and commit
+//! 4. Snapshot the source into `snap_<sync>_<n+1>_<run>`, diff it against `current` into
+//!    `chg_<sync>_<n+1>_<run>` (numbered changes: deletes, updates, inserts), count them, and commit
 //!    the cursor with this generation pending. A crash before that commit leaves only
 //!    leftovers (step 1); after it, step 2 picks the generation up.
 //! 5. Send the changes; each acknowledged page commits its last change number.
@@ -80,6 +80,8 @@ pub enum MirrorError {
     Pipeline(String),
     #[error("the stored mirror state cannot be read: {0}")]
     Cursor(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Classify for MirrorError {
@@ -91,7 +93,8 @@ impl Classify for MirrorError {
             MirrorError::Staging { .. }
             | MirrorError::Spec(_)
             | MirrorError::SchemaChanged(_)
-            | MirrorError::Cursor(_) => ErrorClass::Fatal,
+            | MirrorError::Cursor(_)
+            | MirrorError::Cancelled => ErrorClass::Fatal,
             MirrorError::Pipeline(_) => ErrorClass::Retryable,
         }
     }

@@ -1,10 +1,18 @@
-//! Names of a sync's objects in the staging schema: `snap_<sync>_<generation>` (snapshots),
-//! `chg_<sync>_<generation>` (changes tables) and `dry_<sync>_<unix seconds>_s` / `_c` (a dry
-//! run's), where `<sync>` is 12 hex digits of a SHA-256 of the tenant and sync ids. Short,
-//! lower case (Redshift folds identifiers), and owned by exactly one sync, so cleaning one sync
-//! never touches another's objects.
+//! Names of a sync's objects in the staging schema: `snap_<sync>_<generation>_<run>`
+//! (snapshots), `chg_<sync>_<generation>_<run>` (changes tables) and
+//! `dry_<sync>_<unix seconds>_s` / `_c` (a dry run's), where `<sync>` is 12 hex digits of a
+//! SHA-256 of the tenant and sync ids and `<run>` 6 of the run id. Short, lower case (Redshift
+//! folds identifiers), and owned by exactly one sync, so cleaning one sync never touches
+//! another's objects. The run part keeps a new run clear of a statement a dead or fenced-off run
+//! may still have in flight in the warehouse (it would otherwise create the same name).
 
 use sha2::{Digest, Sha256};
+
+/// Six hex digits naming a run.
+fn run_tag(run_id: &str) -> String {
+    let digest = Sha256::digest(run_id.as_bytes());
+    digest[..3].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A dry run's tables older than this are leftovers of a dry run that died.
 pub const DRY_RUN_MAX_AGE_SECS: i64 = 24 * 3600;
@@ -31,12 +39,12 @@ impl StagingNames {
         Self { hash }
     }
 
-    pub fn snapshot(&self, generation: u64) -> String {
-        format!("snap_{}_{generation}", self.hash)
+    pub fn snapshot(&self, generation: u64, run_id: &str) -> String {
+        format!("snap_{}_{generation}_{}", self.hash, run_tag(run_id))
     }
 
-    pub fn changes(&self, generation: u64) -> String {
-        format!("chg_{}_{generation}", self.hash)
+    pub fn changes(&self, generation: u64, run_id: &str) -> String {
+        format!("chg_{}_{generation}_{}", self.hash, run_tag(run_id))
     }
 
     /// A dry run's snapshot and changes tables.
@@ -51,8 +59,8 @@ impl StagingNames {
     pub fn owns(&self, table: &str) -> Option<Owned> {
         let parts: Vec<&str> = table.split('_').collect();
         match parts.as_slice() {
-            ["snap", h, n] if *h == self.hash => n.parse().ok().map(Owned::Snapshot),
-            ["chg", h, n] if *h == self.hash => n.parse().ok().map(Owned::Changes),
+            ["snap", h, n, _] if *h == self.hash => n.parse().ok().map(Owned::Snapshot),
+            ["chg", h, n, _] if *h == self.hash => n.parse().ok().map(Owned::Changes),
             ["dry", h, t, "s" | "c"] if *h == self.hash => t.parse().ok().map(Owned::DryRun),
             _ => None,
         }
@@ -95,13 +103,18 @@ mod tests {
         assert_eq!(a, StagingNames::new("acme", "orders"));
         assert_ne!(a, b);
         assert_ne!(a, c);
-        let snap = a.snapshot(12);
+        let snap = a.snapshot(12, "r1");
         assert!(snap.starts_with("snap_") && snap.len() <= 30, "{snap}");
         assert!(snap
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
         assert_eq!(a.owns(&snap), Some(Owned::Snapshot(12)));
-        assert_eq!(a.owns(&a.changes(3)), Some(Owned::Changes(3)));
+        assert_eq!(a.owns(&a.changes(3, "r1")), Some(Owned::Changes(3)));
+        assert_ne!(
+            a.snapshot(12, "r1"),
+            a.snapshot(12, "r2"),
+            "each run its own names"
+        );
         assert_eq!(b.owns(&snap), None);
         let (s, c2) = a.dry_run(1_700_000_000);
         assert_eq!(a.owns(&s), Some(Owned::DryRun(1_700_000_000)));
@@ -116,24 +129,24 @@ mod tests {
         let other = StagingNames::new("acme", "users");
         let now = 1_700_000_000;
         let tables: Vec<String> = vec![
-            a.snapshot(3),
-            a.snapshot(4),
-            a.changes(4),
-            a.snapshot(5), // a dead run's next snapshot
-            a.changes(5),
+            a.snapshot(3, "r3"),
+            a.snapshot(4, "r4"),
+            a.changes(4, "r4"),
+            a.snapshot(5, "r5"), // a dead run's next snapshot
+            a.changes(5, "r5"),
             a.dry_run(now - 60).0,
             a.dry_run(now - 2 * DRY_RUN_MAX_AGE_SECS).1,
-            other.snapshot(1),
+            other.snapshot(1, "r1"),
             "unrelated".into(),
         ];
-        let keep = [a.snapshot(3), a.snapshot(4), a.changes(4)];
+        let keep = [a.snapshot(3, "r3"), a.snapshot(4, "r4"), a.changes(4, "r4")];
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         let dropped = a.leftovers(&tables, &keep, now);
         assert_eq!(
             dropped,
             vec![
-                a.snapshot(5).as_str(),
-                a.changes(5).as_str(),
+                a.snapshot(5, "r5").as_str(),
+                a.changes(5, "r5").as_str(),
                 a.dry_run(now - 2 * DRY_RUN_MAX_AGE_SECS).1.as_str()
             ]
         );

@@ -14,7 +14,9 @@ use ferry_actors::pipeline::{
     RunProgress, RunRowError,
 };
 use ferry_actors::restart::RestartPolicy;
-use ferry_actors::supervisor::{AttemptFactory, SupervisedOutcome, SupervisorArgs, SyncSupervisor};
+use ferry_actors::supervisor::{
+    AttemptFactory, SupervisedOutcome, SupervisorArgs, SupervisorMsg, SyncSupervisor,
+};
 use ferry_connectors::mixpanel::MixpanelClient;
 use ferry_connectors::warehouse::mirror::CHANGE_SEQ;
 use ferry_connectors::warehouse::{CursorFilter, ReadRequest, ReadSource, Warehouse};
@@ -23,7 +25,7 @@ use ferry_core::value::Value;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use ractor::Actor;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::cursor::MirrorCursor;
 use crate::store::{Fence, StateStore};
@@ -141,6 +143,7 @@ impl AttemptFactory for ChangeAttempts {
 pub async fn supervise(
     factory: Arc<dyn AttemptFactory>,
     policy: RestartPolicy,
+    cancel: Option<watch::Receiver<bool>>,
 ) -> Result<(u32, Vec<RunRowError>), (u32, Vec<RunRowError>, String)> {
     let (done, outcome) = oneshot::channel();
     let args = SupervisorArgs {
@@ -148,7 +151,7 @@ pub async fn supervise(
         policy,
         done,
     };
-    let (_supervisor, handle) = Actor::spawn(None, SyncSupervisor, args)
+    let (supervisor, handle) = Actor::spawn(None, SyncSupervisor, args)
         .await
         .map_err(|e| {
             (
@@ -157,7 +160,14 @@ pub async fn supervise(
                 format!("cannot start the sync's supervisor: {e}"),
             )
         })?;
-    let outcome = outcome.await;
+    tokio::pin!(outcome);
+    let outcome = tokio::select! {
+        outcome = &mut outcome => outcome,
+        _ = super::engine::cancelled(cancel) => {
+            let _ = supervisor.cast(SupervisorMsg::Cancel);
+            outcome.await
+        }
+    };
     let _ = handle.await;
     match outcome {
         Ok(SupervisedOutcome::Succeeded {

@@ -126,6 +126,13 @@ pub trait MirrorDialect: Send + Sync + fmt::Debug {
         let _ = identity_column;
         String::new()
     }
+
+    /// Whether a new snapshot or changes table needs `ANALYZE` before it is queried (PostgreSQL
+    /// plans the diff and the change read from statistics a `CREATE TABLE AS` does not
+    /// gather; Redshift analyzes `CREATE TABLE AS` tables itself).
+    fn analyze_after_create(&self) -> bool {
+        false
+    }
 }
 
 /// A warehouse Mirror can run on: it reads like any [`Warehouse`], and also runs statements.

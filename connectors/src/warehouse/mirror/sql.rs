@@ -102,6 +102,13 @@ impl<'d> MirrorSql<'d> {
         )
     }
 
+    /// `ANALYZE` of a table Mirror just created, where the dialect needs it.
+    pub fn analyze(&self, name: &str) -> Option<Statement> {
+        self.dialect
+            .analyze_after_create()
+            .then(|| Statement::new(format!("ANALYZE {}", self.table(name))))
+    }
+
     pub fn drop_table(&self, name: &str) -> Statement {
         Statement::new(format!("DROP TABLE IF EXISTS {}", self.table(name)))
     }

@@ -9,7 +9,11 @@
 //! Every session Mirror opens first fixes the settings that change how values print, so a
 //! checksum never depends on the server's or the role's defaults: `TimeZone = UTC`,
 //! `DateStyle = ISO, MDY`, `IntervalStyle = postgres`, `extra_float_digits = 1` (shortest exact),
-//! `bytea_output = hex`.
+//! `bytea_output = hex`. It also sets `work_mem = 128MB`, so the diff's hash tables of a
+//! million-row snapshot stay in memory instead of spilling to disk.
+//!
+//! New snapshots and changes tables are `ANALYZE`d before they are queried: without
+//! statistics the planner sorts a whole snapshot to join a few changed rows.
 //!
 //! Known differences from the Rust checksum (they change no diff, which compares SQL hashes
 //! with SQL hashes): arrays of zoned timestamps print with `+00`, `char(n)` loses its padding,
@@ -26,7 +30,8 @@ use crate::warehouse::mirror::{MirrorDialect, MirrorWarehouse, Statement};
 use crate::warehouse::WarehouseError;
 
 const SESSION_SETTINGS: &str = "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, MDY'; \
-     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'";
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; \
+     SET work_mem = '128MB'";
 
 /// PostgreSQL's Mirror dialect.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,6 +58,10 @@ impl MirrorDialect for PostgresDialect {
 
     fn placeholder(&self, n: usize) -> String {
         format!("${n}::text")
+    }
+
+    fn analyze_after_create(&self) -> bool {
+        true
     }
 }
 

@@ -30,4 +30,9 @@ fn canonical_text_keeps_nulls_null_and_fixes_printing() {
     assert!(d.canonical_text("t.x", &ColumnKind::Json).contains("jsonb"));
     assert_eq!(d.placeholder(2), "$2::text");
     assert_eq!(d.quote_ident("a\"b"), "\"a\"\"b\"");
+    let sql = crate::warehouse::mirror::MirrorSql::new(&d, "ferry_staging");
+    assert_eq!(
+        sql.analyze("snap_x_1_y").map(|s| s.sql),
+        Some("ANALYZE \"ferry_staging\".\"snap_x_1_y\"".to_owned())
+    );
 }
