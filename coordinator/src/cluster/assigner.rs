@@ -92,6 +92,37 @@ pub async fn assignments_of(client: &Client, node_id: &str) -> Result<Vec<SyncId
         .collect()
 }
 
+/// Which node holds each claimed sync (a run in progress there).
+async fn running_on(client: &Client) -> Result<BTreeMap<SyncId, String>, StoreError> {
+    #[derive(Deserialize)]
+    struct OwnerNode {
+        node_id: String,
+    }
+    let resp = client
+        .clone()
+        .get(crate::keys::OWNERS, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| store_error("listing claims", e))?;
+    let mut out = BTreeMap::new();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        let Some((tenant, sync)) = key
+            .strip_prefix(crate::keys::OWNERS)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        let (Ok(sync), Ok(owner)) = (
+            SyncId::new(tenant, sync),
+            serde_json::from_slice::<OwnerNode>(kv.value()),
+        ) else {
+            continue;
+        };
+        out.insert(sync, owner.node_id);
+    }
+    Ok(out)
+}
+
 /// The syncs the coordinator places: every sync in the catalog that is not paused.
 pub async fn active_syncs(catalog: &dyn Catalog) -> Result<Vec<SyncId>, StoreError> {
     let syncs = catalog.list_all_syncs().await.map_err(|e| match e {
@@ -119,8 +150,21 @@ pub async fn assign_once(
         .into_iter()
         .map(|n| NodeWeight::new(n.node_id, n.capacity))
         .collect();
-    let desired = place(syncs, &nodes);
+    let mut desired = place(syncs, &nodes);
     let current = all_assignments(client).await?;
+    // A sync running where it is assigned stays there until its run ends: moving it would
+    // cancel the run (a node joining or coming back must not interrupt work in progress).
+    // A dead node's claims vanish with its lease, so this never holds a sync on a dead node.
+    let running = running_on(client).await?;
+    for (sync, node) in desired.iter_mut() {
+        if let Some(owner) = running.get(sync) {
+            let assigned_there = current.get(sync).is_some_and(|n| n.contains(owner));
+            let owner_alive = nodes.iter().any(|n| &n.node_id == owner);
+            if owner != node && assigned_there && owner_alive {
+                *node = owner.clone();
+            }
+        }
+    }
 
     let mut changes = Changes::default();
     for (sync, nodes) in &current {
@@ -218,8 +262,10 @@ mod tests {
     use crate::catalog::contract::{source, sync, tenant};
     use crate::cluster::connection::testing;
     use crate::cluster::election::Election;
+    use crate::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
     use crate::cluster::membership::{Membership, MembershipSettings};
     use crate::embedded::{EmbeddedSettings, EmbeddedStore};
+    use crate::store::StateStore;
 
     /// An embedded catalog with `n` syncs of tenant `acme`.
     async fn catalog_with(n: usize, dir: &tempfile::TempDir) -> Arc<EmbeddedStore> {
@@ -237,6 +283,15 @@ mod tests {
         let mut s = MembershipSettings::new(node, "127.0.0.1:1", 1);
         s.ttl = Duration::from_secs(5);
         Membership::start(client.clone(), s).unwrap()
+    }
+
+    async fn nodes_now(client: &Client) -> Vec<NodeWeight> {
+        list_nodes(client)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| NodeWeight::new(n.node_id, n.capacity))
+            .collect()
     }
 
     fn owners(assigned: &BTreeMap<SyncId, BTreeSet<String>>) -> BTreeMap<SyncId, String> {
@@ -294,12 +349,45 @@ mod tests {
             .unwrap();
         assert!(again.is_empty(), "a stable cluster changes nothing");
 
-        // A fourth node joins: only its share moves, all of it to the newcomer.
+        // A fourth node joins: only its share moves, all of it to the newcomer — except a sync
+        // whose run is in progress, which moves once the run ends.
         let fourth = member(&client, "node-4");
         fourth.wait_live(Duration::from_secs(5)).await.unwrap();
-        let joined = assign_once(&client, "node-1", lease, &key, &syncs)
+        let would_move: Vec<SyncId> = {
+            let next = place(&syncs, &nodes_now(&client).await);
+            syncs
+                .iter()
+                .filter(|s| next[*s] != placed[*s])
+                .cloned()
+                .collect()
+        };
+        let busy = would_move
+            .first()
+            .expect("the newcomer takes something")
+            .clone();
+        let claims = EtcdStore::new(
+            client.clone(),
+            EtcdStoreSettings::default(),
+            members[0].liveness(),
+        );
+        let fence = claims.claim(&busy, &placed[&busy]).await.unwrap();
+        let held = assign_once(&client, "node-1", lease, &key, &syncs)
             .await
             .unwrap();
+        assert!(
+            !held.added.iter().any(|(_, s)| *s == busy),
+            "a running sync is not moved"
+        );
+        assert_eq!(held.added.len(), would_move.len() - 1);
+        claims.release(&fence).await.unwrap();
+        let rest = assign_once(&client, "node-1", lease, &key, &syncs)
+            .await
+            .unwrap();
+        assert_eq!(rest.added, vec![("node-4".to_string(), busy.clone())]);
+        let joined = Changes {
+            added: [held.added, rest.added].concat(),
+            removed: [held.removed, rest.removed].concat(),
+        };
         println!(
             "30 syncs on 3 nodes, a fourth joins: {} moved ({:.0}%)",
             joined.removed.len(),
