@@ -44,7 +44,8 @@ pub(super) fn read_target(target: Option<&pb::ReadTarget>) -> Result<ReadSource,
     }
 }
 
-/// What only the operator may configure: a source that reads the node's own files.
+/// What only the operator may configure: a source that reads the node's own files or uses
+/// the node's own AWS identity.
 fn check_allowed(who: &Principal, spec: &SourceSpec) -> Result<(), Status> {
     if who.is_operator() {
         return Ok(());
@@ -56,6 +57,11 @@ fn check_allowed(who: &Principal, spec: &SourceSpec) -> Result<(), Status> {
         SourceKind::Postgres(pg) if matches!(pg.ca_cert, Some(CertSource::Path(_))) => {
             Err(Status::permission_denied(
                 "source.kind.postgres.ca_cert: give the CA certificate as inline PEM (a path on the node is for the operator only)",
+            ))
+        }
+        SourceKind::Redshift(rs) if rs.access_key_id.is_none() || rs.profile.is_some() => {
+            Err(Status::permission_denied(
+                "source.kind.redshift.access_key_id: give the access key to sign requests with (without one the node's own AWS identity is used, which is for the operator only)",
             ))
         }
         _ => Ok(()),

@@ -240,13 +240,15 @@ pub struct SourceFile {
     pub tenant: Option<String>,
     #[serde(default)]
     pub id: Option<String>,
-    /// `postgres` or `sqlite`; optional, the options' key says it.
+    /// `postgres`, `sqlite` or `redshift`; optional, the options' key says it.
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]
     pub postgres: Option<PostgresFile>,
     #[serde(default)]
     pub sqlite: Option<SqliteFile>,
+    #[serde(default)]
+    pub redshift: Option<RedshiftFile>,
     #[serde(default, rename = "created_at")]
     _created_at: Option<IgnoredAny>,
     #[serde(default, rename = "updated_at")]
@@ -298,14 +300,58 @@ pub struct SqliteFile {
     pub path: String,
 }
 
+/// The `redshift` table of a source file (the shape `sources get -o json` prints).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedshiftFile {
+    #[serde(default)]
+    pub cluster_identifier: String,
+    #[serde(default)]
+    pub workgroup_name: String,
+    pub database: String,
+    #[serde(default)]
+    pub db_user: String,
+    #[serde(default)]
+    pub secret_arn: String,
+    pub region: String,
+    #[serde(default)]
+    pub endpoint_url: String,
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+    #[serde(default, rename = "secret_access_key_set")]
+    _secret_access_key_set: Option<IgnoredAny>,
+    #[serde(default)]
+    pub session_token: String,
+    #[serde(default, rename = "session_token_set")]
+    _session_token_set: Option<IgnoredAny>,
+}
+
+impl RedshiftFile {
+    fn into_proto(self) -> pb::RedshiftSource {
+        pb::RedshiftSource {
+            cluster_identifier: self.cluster_identifier,
+            workgroup_name: self.workgroup_name,
+            database: self.database,
+            db_user: self.db_user,
+            secret_arn: self.secret_arn,
+            region: self.region,
+            endpoint_url: self.endpoint_url,
+            access_key_id: self.access_key_id,
+            secret_access_key: self.secret_access_key,
+            secret_access_key_set: false,
+            session_token: self.session_token,
+            session_token_set: false,
+        }
+    }
+}
+
 impl SourceFile {
     /// `base`: the definition file's folder, for relative certificate and key paths.
     pub fn into_proto(self, base: Option<&Path>) -> Result<pb::Source, CliError> {
-        let kind = match (self.postgres, self.sqlite) {
-            (Some(_), Some(_)) => {
-                return Err(CliError::usage("a source is postgres or sqlite, not both"))
-            }
-            (Some(p), None) => Some(pb::source::Kind::Postgres(pb::PostgresSource {
+        let kind = match (self.postgres, self.sqlite, self.redshift) {
+            (Some(p), None, None) => Some(pb::source::Kind::Postgres(pb::PostgresSource {
                 host: p.host,
                 port: p.port,
                 database: p.database,
@@ -337,13 +383,22 @@ impl SourceFile {
                     })
                     .transpose()?,
             })),
-            (None, Some(s)) => Some(pb::source::Kind::Sqlite(pb::SqliteSource { path: s.path })),
-            (None, None) => None,
+            (None, Some(s), None) => {
+                Some(pb::source::Kind::Sqlite(pb::SqliteSource { path: s.path }))
+            }
+            (None, None, Some(r)) => Some(pb::source::Kind::Redshift(r.into_proto())),
+            (None, None, None) => None,
+            _ => {
+                return Err(CliError::usage(
+                    "a source is one of postgres, sqlite or redshift, not several",
+                ))
+            }
         };
         if let (Some(named), Some(k)) = (&self.kind, &kind) {
             let actual = match k {
                 pb::source::Kind::Postgres(_) => "postgres",
                 pb::source::Kind::Sqlite(_) => "sqlite",
+                pb::source::Kind::Redshift(_) => "redshift",
             };
             if named != actual {
                 return Err(CliError::usage(format!(

@@ -125,6 +125,7 @@ pub fn source(s: &pb::Source) -> Value {
     let (kind, options) = match &s.kind {
         Some(pb::source::Kind::Postgres(p)) => ("postgres", postgres(p)),
         Some(pb::source::Kind::Sqlite(q)) => ("sqlite", json!({ "path": q.path })),
+        Some(pb::source::Kind::Redshift(r)) => ("redshift", redshift(r)),
         None => ("unknown", Value::Null),
     };
     obj["kind"] = kind.into();
@@ -149,6 +150,28 @@ fn postgres(p: &pb::PostgresSource) -> Value {
             "host_key": t.host_key,
         })),
     })
+}
+
+/// Empty options are left out, so the object reads back as a definition file.
+fn redshift(r: &pb::RedshiftSource) -> Value {
+    let mut obj = serde_json::Map::new();
+    for (key, value) in [
+        ("cluster_identifier", &r.cluster_identifier),
+        ("workgroup_name", &r.workgroup_name),
+        ("database", &r.database),
+        ("db_user", &r.db_user),
+        ("secret_arn", &r.secret_arn),
+        ("region", &r.region),
+        ("endpoint_url", &r.endpoint_url),
+        ("access_key_id", &r.access_key_id),
+    ] {
+        if !value.is_empty() {
+            obj.insert(key.into(), value.as_str().into());
+        }
+    }
+    obj.insert("secret_access_key_set".into(), r.secret_access_key_set.into());
+    obj.insert("session_token_set".into(), r.session_token_set.into());
+    Value::Object(obj)
 }
 
 pub fn read_target(t: Option<&pb::ReadTarget>) -> (Option<&str>, Option<&str>) {

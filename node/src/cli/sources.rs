@@ -24,7 +24,8 @@ pub enum SourcesCommand {
         #[command(flatten)]
         flags: SourceFlags,
         /// A TOML (.toml) or JSON definition, in the shape `sources get -o json` prints, plus
-        /// `password` (and `ssh_tunnel.private_key`); certificate and key paths are read here.
+        /// `password` (and `ssh_tunnel.private_key`), or for Redshift `secret_access_key`;
+        /// certificate and key paths are read here.
         #[arg(long, short = 'f', value_name = "PATH")]
         file: Option<PathBuf>,
     },
@@ -86,6 +87,7 @@ pub struct SourceFlags {
     /// PostgreSQL: the port (default 5432).
     #[arg(long, help_heading = "PostgreSQL")]
     port: Option<u32>,
+    /// PostgreSQL or Redshift: the database.
     #[arg(long, help_heading = "PostgreSQL")]
     database: Option<String>,
     #[arg(long, help_heading = "PostgreSQL")]
@@ -115,13 +117,40 @@ pub struct SourceFlags {
     /// SQLite: a database file on the node (operator token only).
     #[arg(long, value_name = "PATH", help_heading = "SQLite")]
     sqlite_path: Option<String>,
+    /// Redshift: a provisioned cluster's identifier.
+    #[arg(long, help_heading = "Redshift", conflicts_with = "redshift_workgroup")]
+    redshift_cluster: Option<String>,
+    /// Redshift Serverless: the workgroup's name.
+    #[arg(long, help_heading = "Redshift")]
+    redshift_workgroup: Option<String>,
+    /// The AWS region, e.g. us-east-1.
+    #[arg(long, help_heading = "Redshift")]
+    redshift_region: Option<String>,
+    /// Log in as this database user (clusters only).
+    #[arg(long, help_heading = "Redshift", conflicts_with = "redshift_secret_arn")]
+    redshift_db_user: Option<String>,
+    /// Log in with this Secrets Manager secret.
+    #[arg(long, help_heading = "Redshift")]
+    redshift_secret_arn: Option<String>,
+    /// Another Data API endpoint (a VPC endpoint).
+    #[arg(long, help_heading = "Redshift")]
+    redshift_endpoint_url: Option<String>,
+    /// The AWS access key id that signs the requests.
+    #[arg(long, help_heading = "Redshift")]
+    aws_access_key_id: Option<String>,
+    /// A file holding the secret access key (`-`: stdin).
+    #[arg(long, value_name = "PATH", help_heading = "Redshift")]
+    aws_secret_access_key_file: Option<PathBuf>,
+    /// A file holding a session token, for temporary credentials.
+    #[arg(long, value_name = "PATH", help_heading = "Redshift")]
+    aws_session_token_file: Option<PathBuf>,
 }
 
 impl SourceFlags {
-    fn names_postgres(&self) -> bool {
+    /// PostgreSQL's own options (`--database` is shared with Redshift).
+    fn names_postgres_only(&self) -> bool {
         self.host.is_some()
             || self.port.is_some()
-            || self.database.is_some()
             || self.user.is_some()
             || self.password_file.is_some()
             || self.ssl_mode.is_some()
@@ -133,11 +162,23 @@ impl SourceFlags {
             || self.ssh_host_key.is_some()
     }
 
+    fn names_redshift(&self) -> bool {
+        self.redshift_cluster.is_some()
+            || self.redshift_workgroup.is_some()
+            || self.redshift_region.is_some()
+            || self.redshift_db_user.is_some()
+            || self.redshift_secret_arn.is_some()
+            || self.redshift_endpoint_url.is_some()
+            || self.aws_access_key_id.is_some()
+            || self.aws_secret_access_key_file.is_some()
+            || self.aws_session_token_file.is_some()
+    }
+
     fn apply(&self, s: &mut pb::Source) -> Result<(), CliError> {
         if let Some(path) = &self.sqlite_path {
-            if self.names_postgres() {
+            if self.names_postgres_only() || self.database.is_some() || self.names_redshift() {
                 return Err(CliError::usage(
-                    "--sqlite-path cannot go with PostgreSQL options",
+                    "--sqlite-path cannot go with PostgreSQL or Redshift options",
                 ));
             }
             s.kind = Some(pb::source::Kind::Sqlite(pb::SqliteSource {
@@ -145,7 +186,16 @@ impl SourceFlags {
             }));
             return Ok(());
         }
-        if !self.names_postgres() {
+        let is_redshift = matches!(s.kind, Some(pb::source::Kind::Redshift(_)));
+        if self.names_redshift() || (is_redshift && !self.names_postgres_only()) {
+            if self.names_postgres_only() {
+                return Err(CliError::usage(
+                    "Redshift options cannot go with PostgreSQL ones (--host, --user, --password-file, --ssl-mode, …)",
+                ));
+            }
+            return self.apply_redshift(s);
+        }
+        if !self.names_postgres_only() && self.database.is_none() {
             return Ok(());
         }
         if !matches!(s.kind, Some(pb::source::Kind::Postgres(_))) {
@@ -201,6 +251,51 @@ impl SourceFlags {
         }
         Ok(())
     }
+
+    fn apply_redshift(&self, s: &mut pb::Source) -> Result<(), CliError> {
+        if !matches!(s.kind, Some(pb::source::Kind::Redshift(_))) {
+            s.kind = Some(pb::source::Kind::Redshift(Default::default()));
+        }
+        let Some(pb::source::Kind::Redshift(rs)) = s.kind.as_mut() else {
+            return Ok(());
+        };
+        // A cluster and a workgroup exclude each other, as do the two logins.
+        if let Some(v) = &self.redshift_cluster {
+            rs.cluster_identifier = v.clone();
+            rs.workgroup_name.clear();
+        }
+        if let Some(v) = &self.redshift_workgroup {
+            rs.workgroup_name = v.clone();
+            rs.cluster_identifier.clear();
+        }
+        if let Some(v) = &self.database {
+            rs.database = v.clone();
+        }
+        if let Some(v) = &self.redshift_region {
+            rs.region = v.clone();
+        }
+        if let Some(v) = &self.redshift_db_user {
+            rs.db_user = v.clone();
+            rs.secret_arn.clear();
+        }
+        if let Some(v) = &self.redshift_secret_arn {
+            rs.secret_arn = v.clone();
+            rs.db_user.clear();
+        }
+        if let Some(v) = &self.redshift_endpoint_url {
+            rs.endpoint_url = v.clone();
+        }
+        if let Some(v) = &self.aws_access_key_id {
+            rs.access_key_id = v.clone();
+        }
+        if let Some(p) = &self.aws_secret_access_key_file {
+            rs.secret_access_key = read_secret(p, "--aws-secret-access-key-file")?;
+        }
+        if let Some(p) = &self.aws_session_token_file {
+            rs.session_token = read_secret(p, "--aws-session-token-file")?;
+        }
+        Ok(())
+    }
 }
 
 fn source_from(
@@ -240,6 +335,25 @@ fn address(s: &pb::Source) -> (String, String, String) {
             )
         }
         Some(pb::source::Kind::Sqlite(q)) => ("sqlite".into(), q.path.clone(), String::new()),
+        Some(pb::source::Kind::Redshift(r)) => {
+            let target = if r.workgroup_name.is_empty() {
+                format!("cluster {}", r.cluster_identifier)
+            } else {
+                format!("workgroup {}", r.workgroup_name)
+            };
+            let login = if !r.db_user.is_empty() {
+                r.db_user.clone()
+            } else if !r.secret_arn.is_empty() {
+                "(secret)".into()
+            } else {
+                "(AWS identity)".into()
+            };
+            (
+                "redshift".into(),
+                format!("{target}/{} ({})", r.database, r.region),
+                login,
+            )
+        }
         None => (String::new(), String::new(), String::new()),
     }
 }
@@ -266,6 +380,22 @@ fn source_fields(s: &pb::Source) -> String {
             let port = if t.port == 0 { 22 } else { t.port };
             pairs.push(("ssh_tunnel", format!("{}@{}:{port}", t.user, t.host)));
             pairs.push(("ssh_host_key", t.host_key.clone()));
+        }
+    }
+    if let Some(pb::source::Kind::Redshift(r)) = &s.kind {
+        if !r.secret_arn.is_empty() {
+            pairs.push(("secret_arn", r.secret_arn.clone()));
+        }
+        if !r.endpoint_url.is_empty() {
+            pairs.push(("endpoint_url", r.endpoint_url.clone()));
+        }
+        pairs.push(("access_key_id", r.access_key_id.clone()));
+        pairs.push((
+            "secret_access_key",
+            if r.secret_access_key_set { "set" } else { "not set" }.into(),
+        ));
+        if r.session_token_set {
+            pairs.push(("session_token", "set".into()));
         }
     }
     pairs.push(("created_at", s.created_at.clone()));
@@ -569,4 +699,105 @@ pub fn problems_text(problems: &[pb::RowProblem], title: &str) -> String {
         text.push_str(&format!("\n  [{}] {at}: {field}{}", e.reason, e.message));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redshift(s: &pb::Source) -> &pb::RedshiftSource {
+        match &s.kind {
+            Some(pb::source::Kind::Redshift(r)) => r,
+            other => panic!("redshift expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn redshift_flags_make_a_redshift_source_and_database_follows_the_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "the-secret-key\n").unwrap();
+        let flags = SourceFlags {
+            redshift_cluster: Some("analytics".into()),
+            database: Some("dev".into()),
+            redshift_region: Some("eu-west-1".into()),
+            redshift_secret_arn: Some("arn:aws:secretsmanager:eu-west-1:1:secret:x".into()),
+            aws_access_key_id: Some("AKIAEXAMPLE".into()),
+            aws_secret_access_key_file: Some(key),
+            ..Default::default()
+        };
+        let mut s = pb::Source::default();
+        flags.apply(&mut s).unwrap();
+        let r = redshift(&s);
+        assert_eq!(r.cluster_identifier, "analytics");
+        assert_eq!(r.database, "dev");
+        assert_eq!(r.region, "eu-west-1");
+        assert_eq!(r.secret_access_key, "the-secret-key", "read from the file");
+
+        // On update, --database alone changes the Redshift source's database, and a
+        // workgroup replaces the cluster.
+        let update = SourceFlags {
+            database: Some("prod".into()),
+            redshift_workgroup: Some("serverless".into()),
+            ..Default::default()
+        };
+        update.apply(&mut s).unwrap();
+        let r = redshift(&s);
+        assert_eq!(r.database, "prod");
+        assert_eq!(r.workgroup_name, "serverless");
+        assert_eq!(r.cluster_identifier, "");
+        assert_eq!(r.access_key_id, "AKIAEXAMPLE", "untouched options stay");
+
+        let mixed = SourceFlags {
+            host: Some("db".into()),
+            redshift_region: Some("us-east-1".into()),
+            ..Default::default()
+        };
+        let err = mixed.apply(&mut pb::Source::default()).unwrap_err();
+        assert!(err.message.contains("Redshift options"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_redshift_source_prints_without_credentials_and_reads_back_as_a_file() {
+        let shown = pb::Source {
+            tenant: "acme".into(),
+            id: "rs".into(),
+            kind: Some(pb::source::Kind::Redshift(pb::RedshiftSource {
+                workgroup_name: "serverless".into(),
+                database: "dev".into(),
+                region: "us-east-1".into(),
+                access_key_id: "AKIAEXAMPLE".into(),
+                secret_access_key_set: true,
+                ..Default::default()
+            })),
+            version: 3,
+            ..Default::default()
+        };
+        let printed = json::source(&shown);
+        assert_eq!(printed["kind"], "redshift");
+        assert_eq!(printed["redshift"]["workgroup_name"], "serverless");
+        assert_eq!(printed["redshift"]["secret_access_key_set"], true);
+        assert!(printed["redshift"].get("cluster_identifier").is_none());
+        let text = source_fields(&shown);
+        assert!(text.contains("workgroup serverless/dev (us-east-1)"), "{text}");
+        assert!(text.contains("secret_access_key"), "{text}");
+
+        // The printed JSON is a definition file: with the key added it creates the same source.
+        let mut file = printed.clone();
+        file["redshift"]["secret_access_key"] = "new-key".into();
+        let back: SourceFile = serde_json::from_value(file).unwrap();
+        let back = back.into_proto(None).unwrap();
+        let r = redshift(&back);
+        assert_eq!(r.workgroup_name, "serverless");
+        assert_eq!(r.secret_access_key, "new-key");
+        assert!(!r.secret_access_key_set, "output-only flags are not sent");
+
+        let both: SourceFile = serde_json::from_value(serde_json::json!({
+            "sqlite": {"path": "a.db"},
+            "redshift": {"database": "d", "region": "r"},
+        }))
+        .unwrap();
+        let err = both.into_proto(None).unwrap_err();
+        assert!(err.message.contains("not several"), "{}", err.message);
+    }
 }
