@@ -77,6 +77,47 @@ pub struct RunProgress {
     pub changes_inserted: AtomicU64,
     pub changes_updated: AtomicU64,
     pub changes_deleted: AtomicU64,
+    /// The rows the run will hand on, once known (Mirror: the diff's changes).
+    total: Mutex<Option<KnownTotal>>,
+}
+
+/// A run's known total, and how far it was when the total became known: the rate and what is
+/// left count only from then on (a Mirror run sends nothing while it diffs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnownTotal {
+    pub rows: u64,
+    pub since: std::time::Instant,
+    pub done_before: u64,
+}
+
+impl RunProgress {
+    /// Rows the run is finished with: answered by the destination (accepted or refused),
+    /// invalid, or deletes the destination cannot apply.
+    pub fn rows_done(&self) -> u64 {
+        self.records_accepted.load(Ordering::Relaxed)
+            + self.records_refused.load(Ordering::Relaxed)
+            + self.rows_invalid.load(Ordering::Relaxed)
+            + self.deletes_not_applied.load(Ordering::Relaxed)
+    }
+
+    /// Adds `rows` still to come to the run's total (the first call starts the count).
+    pub fn add_rows_total(&self, rows: u64) {
+        let mut total = self.total.lock();
+        match total.as_mut() {
+            Some(known) => known.rows += rows,
+            None => {
+                *total = Some(KnownTotal {
+                    rows,
+                    since: std::time::Instant::now(),
+                    done_before: self.rows_done(),
+                })
+            }
+        }
+    }
+
+    pub fn total(&self) -> Option<KnownTotal> {
+        *self.total.lock()
+    }
 }
 
 /// A row or record that did not make it, kept in the run's bounded error log.

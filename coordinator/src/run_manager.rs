@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ferry_actors::pipeline::RunProgress;
+use ferry_actors::pipeline::{KnownTotal, RunProgress};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -421,16 +421,68 @@ impl RunRates {
         }
     }
 
-    /// Seconds left to read `total` rows at the current rate.
-    pub fn eta_seconds(&self, rows_read: u64, total: u64) -> Option<f64> {
-        (self.rows_per_second > 0.0)
-            .then(|| total.saturating_sub(rows_read) as f64 / self.rows_per_second)
+}
+
+/// Seconds left until `total` is done, at the rate rows got done since the total was known
+/// (`rows_done` now, at `now`). None until a row is done after that (no rate yet).
+pub fn eta_seconds(total: &KnownTotal, rows_done: u64, now: Instant) -> Option<f64> {
+    let done = rows_done.saturating_sub(total.done_before);
+    let left = total.rows.saturating_sub(done);
+    if left == 0 {
+        return Some(0.0);
     }
+    let elapsed = now.saturating_duration_since(total.since).as_secs_f64();
+    (done > 0 && elapsed > 0.0).then(|| left as f64 * elapsed / done as f64)
 }
 
 #[async_trait]
 impl SyncTrigger for RunManager {
     async fn trigger(&self, sync: &SyncId, reason: TriggerReason) -> Result<String, TriggerError> {
         self.start_run(sync, reason).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_eta_counts_from_when_the_total_became_known() {
+        let progress = RunProgress::default();
+        // Rows done before the total was known (a Mirror run's earlier work) count for neither
+        // the total nor the rate.
+        progress.records_accepted.store(500, Ordering::Relaxed);
+        progress.add_rows_total(1000);
+        let total = progress.total().expect("known");
+        assert_eq!((total.rows, total.done_before), (1000, 500));
+        assert_eq!(
+            eta_seconds(&total, progress.rows_done(), total.since + Duration::from_secs(5)),
+            None,
+            "no rate before a row is done"
+        );
+
+        // 250 of 1000 done in 10 s (accepted, refused, invalid and unapplied deletes all
+        // count): 750 left at 25 rows/s.
+        progress.records_accepted.fetch_add(200, Ordering::Relaxed);
+        progress.records_refused.fetch_add(20, Ordering::Relaxed);
+        progress.rows_invalid.fetch_add(20, Ordering::Relaxed);
+        progress.deletes_not_applied.fetch_add(10, Ordering::Relaxed);
+        let now = total.since + Duration::from_secs(10);
+        let eta = eta_seconds(&total, progress.rows_done(), now).unwrap();
+        assert!((eta - 30.0).abs() < 1e-9, "{eta}");
+
+        // A second generation adds to the total, from the same start.
+        progress.add_rows_total(250);
+        let total = progress.total().unwrap();
+        assert_eq!((total.rows, total.done_before), (1250, 500));
+        let eta = eta_seconds(&total, progress.rows_done(), now).unwrap();
+        assert!((eta - 40.0).abs() < 1e-9, "{eta}");
+
+        // Done (or over, after a resend): nothing left.
+        progress.records_accepted.fetch_add(2000, Ordering::Relaxed);
+        assert_eq!(eta_seconds(&total, progress.rows_done(), now), Some(0.0));
     }
 }

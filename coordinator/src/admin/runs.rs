@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::convert::run_pb;
 use super::{errors, sync_id, Admin};
 use crate::records::{RunRecord, SyncId};
-use crate::run_manager::RunRates;
+use crate::run_manager::{eta_seconds, RunRates};
 
 pub struct RunsApi(pub Arc<Admin>);
 
@@ -67,12 +67,22 @@ impl Admin {
             let end = record.finished_at.unwrap_or_else(chrono::Utc::now);
             let elapsed = (end - started).num_milliseconds().max(0) as f64 / 1000.0;
             let rates = RunRates::of(&record.counts, elapsed);
+            // A total is known only while the run is live here.
+            let total = self
+                .runs
+                .active_run(&record.sync, &record.run_id)
+                .filter(|_| !record.state.is_terminal())
+                .and_then(|active| {
+                    let total = active.progress.total()?;
+                    let done = active.progress.rows_done();
+                    Some((total, eta_seconds(&total, done, std::time::Instant::now())))
+                });
             run.progress = Some(pb::RunProgress {
                 elapsed_seconds: rates.elapsed_seconds,
                 rows_per_second: rates.rows_per_second,
                 records_per_second: rates.records_per_second,
-                rows_total: None,
-                eta_seconds: None,
+                rows_total: total.map(|(t, _)| t.rows),
+                eta_seconds: total.and_then(|(_, eta)| eta),
             });
         }
         run

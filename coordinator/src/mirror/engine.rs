@@ -401,6 +401,8 @@ impl<'a> Engine<'a> {
             .fetch_add(counts.updates, Ordering::Relaxed);
         p.changes_deleted
             .fetch_add(counts.deletes, Ordering::Relaxed);
+        // Every change is read and handed on once: the run's total (and so its ETA) is known.
+        p.add_rows_total(counts.inserts + counts.updates + counts.deletes);
 
         let pending = Pending {
             generation,
