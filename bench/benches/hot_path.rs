@@ -81,10 +81,18 @@ fn gzip(c: &mut Criterion) {
     let mut builder = BatchBuilder::new();
     let mut batches: Vec<Batch> = Vec::new();
     for r in &records {
-        batches.extend(builder.push(r.json.clone(), r.insert_id.clone()).ok().flatten());
+        batches.extend(
+            builder
+                .push(r.json.clone(), r.insert_id.clone())
+                .ok()
+                .flatten(),
+        );
     }
     batches.extend(builder.flush());
-    let batch = batches.into_iter().next().expect("2000 records make a batch");
+    let batch = batches
+        .into_iter()
+        .next()
+        .expect("2000 records make a batch");
     let level = ClientSettings::default().gzip_level;
     let mut group = c.benchmark_group("gzip");
     group.throughput(Throughput::Bytes(batch.body_len() as u64));

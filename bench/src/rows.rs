@@ -25,7 +25,12 @@ pub const COLUMNS: &[(&str, &str, &str, ColumnKind)] = &[
     ("device_id", "text", "TEXT", ColumnKind::Text),
     ("event_name", "text", "TEXT", ColumnKind::Text),
     ("ts", "timestamptz", "TIMESTAMPTZ", ColumnKind::Timestamp),
-    ("inserted_at", "timestamptz", "TIMESTAMPTZ", ColumnKind::Timestamp),
+    (
+        "inserted_at",
+        "timestamptz",
+        "TIMESTAMPTZ",
+        ColumnKind::Timestamp,
+    ),
     ("page", "text", "TEXT", ColumnKind::Text),
     ("referrer", "text", "TEXT", ColumnKind::Text),
     ("browser", "text", "TEXT", ColumnKind::Text),
@@ -34,7 +39,12 @@ pub const COLUMNS: &[(&str, &str, &str, ColumnKind)] = &[
     ("country", "text", "TEXT", ColumnKind::Text),
     ("city", "text", "TEXT", ColumnKind::Text),
     ("plan", "text", "TEXT", ColumnKind::Text),
-    ("amount", "numeric(10,2)", "NUMERIC(10,2)", ColumnKind::Decimal),
+    (
+        "amount",
+        "numeric(10,2)",
+        "NUMERIC(10,2)",
+        ColumnKind::Decimal,
+    ),
     ("quantity", "integer", "INTEGER", ColumnKind::Int),
     ("is_trial", "boolean", "BOOLEAN", ColumnKind::Bool),
     ("session_id", "uuid", "UUID", ColumnKind::Uuid),
@@ -58,7 +68,10 @@ pub fn postgres_ddl() -> String {
     let cols: Vec<String> = COLUMNS
         .iter()
         .map(|(name, ty, _, _)| {
-            let not_null = if matches!(*name, "id" | "user_id" | "event_name" | "ts" | "inserted_at") {
+            let not_null = if matches!(
+                *name,
+                "id" | "user_id" | "event_name" | "ts" | "inserted_at"
+            ) {
                 " NOT NULL"
             } else {
                 ""
@@ -73,29 +86,104 @@ pub fn postgres_ddl() -> String {
 }
 
 const EVENTS: &[&str] = &[
-    "Page Viewed", "Page Viewed", "Page Viewed", "Page Viewed", "Button Clicked", "Button Clicked",
-    "Search", "Item Viewed", "Item Added", "Item Removed", "Checkout Started", "Purchase",
-    "Signed Up", "Logged In", "Logged Out", "Video Played", "Video Paused", "Invite Sent",
-    "Report Exported", "Settings Changed", "Subscription Upgraded", "Trial Started",
+    "Page Viewed",
+    "Page Viewed",
+    "Page Viewed",
+    "Page Viewed",
+    "Button Clicked",
+    "Button Clicked",
+    "Search",
+    "Item Viewed",
+    "Item Added",
+    "Item Removed",
+    "Checkout Started",
+    "Purchase",
+    "Signed Up",
+    "Logged In",
+    "Logged Out",
+    "Video Played",
+    "Video Paused",
+    "Invite Sent",
+    "Report Exported",
+    "Settings Changed",
+    "Subscription Upgraded",
+    "Trial Started",
 ];
 const PAGES: &[&str] = &[
-    "/", "/pricing", "/features", "/features/warehouse-connectors", "/features/funnels",
-    "/docs", "/docs/getting-started", "/docs/tracking/how-tos/identifying-users",
-    "/docs/data-pipelines/warehouse-connectors", "/blog", "/blog/warehouse-sync-at-scale",
-    "/blog/product-analytics-metrics", "/customers", "/customers/acme-retail", "/login",
-    "/signup", "/account/settings", "/account/billing", "/reports/insights", "/reports/funnels",
-    "/reports/retention", "/reports/flows", "/checkout", "/checkout/confirm", "/search",
-    "/integrations", "/integrations/snowflake", "/integrations/bigquery", "/careers", "/contact",
+    "/",
+    "/pricing",
+    "/features",
+    "/features/warehouse-connectors",
+    "/features/funnels",
+    "/docs",
+    "/docs/getting-started",
+    "/docs/tracking/how-tos/identifying-users",
+    "/docs/data-pipelines/warehouse-connectors",
+    "/blog",
+    "/blog/warehouse-sync-at-scale",
+    "/blog/product-analytics-metrics",
+    "/customers",
+    "/customers/acme-retail",
+    "/login",
+    "/signup",
+    "/account/settings",
+    "/account/billing",
+    "/reports/insights",
+    "/reports/funnels",
+    "/reports/retention",
+    "/reports/flows",
+    "/checkout",
+    "/checkout/confirm",
+    "/search",
+    "/integrations",
+    "/integrations/snowflake",
+    "/integrations/bigquery",
+    "/careers",
+    "/contact",
 ];
 const REFERRER_HOSTS: &[&str] = &[
-    "www.google.com", "www.bing.com", "duckduckgo.com", "news.ycombinator.com", "t.co",
-    "www.linkedin.com", "www.reddit.com", "github.com", "stackoverflow.com", "mail.google.com",
-    "outlook.live.com", "www.youtube.com", "medium.com", "dev.to", "www.producthunt.com",
+    "www.google.com",
+    "www.bing.com",
+    "duckduckgo.com",
+    "news.ycombinator.com",
+    "t.co",
+    "www.linkedin.com",
+    "www.reddit.com",
+    "github.com",
+    "stackoverflow.com",
+    "mail.google.com",
+    "outlook.live.com",
+    "www.youtube.com",
+    "medium.com",
+    "dev.to",
+    "www.producthunt.com",
 ];
 const SEARCH_WORDS: &[&str] = &[
-    "warehouse", "connector", "snowflake", "bigquery", "sync", "events", "funnel", "retention",
-    "cohort", "dashboard", "pricing", "api", "import", "export", "schema", "identity", "merge",
-    "session", "replay", "experiment", "feature", "flag", "mobile", "sdk", "javascript",
+    "warehouse",
+    "connector",
+    "snowflake",
+    "bigquery",
+    "sync",
+    "events",
+    "funnel",
+    "retention",
+    "cohort",
+    "dashboard",
+    "pricing",
+    "api",
+    "import",
+    "export",
+    "schema",
+    "identity",
+    "merge",
+    "session",
+    "replay",
+    "experiment",
+    "feature",
+    "flag",
+    "mobile",
+    "sdk",
+    "javascript",
 ];
 const BROWSERS: &[(&str, u32, u32)] = &[
     ("Chrome", 118, 131),
@@ -120,8 +208,22 @@ const OSES: &[(&str, &str)] = &[
     ("Chrome OS", "X11; CrOS x86_64 15633.69.0"),
 ];
 const PLACES: &[(&str, &[&str])] = &[
-    ("US", &["New York", "San Francisco", "Austin", "Seattle", "Chicago", "Boston", "Denver"]),
-    ("DE", &["Berlin", "Munich", "Hamburg", "Cologne", "Frankfurt"]),
+    (
+        "US",
+        &[
+            "New York",
+            "San Francisco",
+            "Austin",
+            "Seattle",
+            "Chicago",
+            "Boston",
+            "Denver",
+        ],
+    ),
+    (
+        "DE",
+        &["Berlin", "Munich", "Hamburg", "Cologne", "Frankfurt"],
+    ),
     ("FR", &["Paris", "Lyon", "Marseille", "Toulouse"]),
     ("GB", &["London", "Manchester", "Edinburgh", "Bristol"]),
     ("IN", &["Bengaluru", "Mumbai", "Delhi", "Hyderabad", "Pune"]),
@@ -133,18 +235,46 @@ const PLACES: &[(&str, &[&str])] = &[
     ("ES", &["Madrid", "Barcelona", "Valencia"]),
     ("NL", &["Amsterdam", "Rotterdam", "Utrecht"]),
 ];
-const PLANS: &[&str] = &["free", "free", "free", "starter", "starter", "growth", "enterprise"];
+const PLANS: &[&str] = &[
+    "free",
+    "free",
+    "free",
+    "starter",
+    "starter",
+    "growth",
+    "enterprise",
+];
 const UTM_SOURCES: &[&str] = &[
-    "google", "newsletter", "twitter", "linkedin", "facebook", "partner", "bing", "youtube",
+    "google",
+    "newsletter",
+    "twitter",
+    "linkedin",
+    "facebook",
+    "partner",
+    "bing",
+    "youtube",
 ];
 const UTM_CAMPAIGNS: &[&str] = &[
-    "spring_launch", "black_friday", "webinar_q3", "retargeting", "brand_search",
-    "competitor_compare", "product_hunt", "onboarding_drip", "winback", "summit_2026",
+    "spring_launch",
+    "black_friday",
+    "webinar_q3",
+    "retargeting",
+    "brand_search",
+    "competitor_compare",
+    "product_hunt",
+    "onboarding_drip",
+    "winback",
+    "summit_2026",
 ];
 const VARIANTS: &[&str] = &["control", "variant_a", "variant_b"];
 const CURRENCIES: &[&str] = &["USD", "USD", "USD", "EUR", "GBP", "JPY", "INR", "BRL"];
 const FLAGS: &[&str] = &[
-    "new_nav", "dark_mode", "ai_summaries", "fast_export", "beta_reports", "sso_v2",
+    "new_nav",
+    "dark_mode",
+    "ai_summaries",
+    "fast_export",
+    "beta_reports",
+    "sso_v2",
 ];
 
 /// A tiny deterministic generator (SplitMix64): row `i`'s values depend only on `(seed, i)`.
@@ -198,9 +328,15 @@ impl RowGen {
         let span_ms: i64 = 30 * 24 * 3600 * 1000;
         Self {
             seed,
-            ts_base: Utc.with_ymd_and_hms(2026, 10, 2, 0, 0, 0).single().unwrap_or_default(),
+            ts_base: Utc
+                .with_ymd_and_hms(2026, 10, 2, 0, 0, 0)
+                .single()
+                .unwrap_or_default(),
             ts_step_ms: (span_ms / rows.max(1) as i64).max(1),
-            inserted_base: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().unwrap_or_default(),
+            inserted_base: Utc
+                .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+                .single()
+                .unwrap_or_default(),
         }
     }
 
@@ -218,7 +354,10 @@ impl RowGen {
         let referrer = (!d.chance(35)).then(|| {
             let host = d.pick(REFERRER_HOSTS);
             let (a, b) = (d.pick(SEARCH_WORDS), d.pick(SEARCH_WORDS));
-            format!("https://{host}/search?q={a}+{b}&source=web&n={}", d.below(10_000))
+            format!(
+                "https://{host}/search?q={a}+{b}&source=web&n={}",
+                d.below(10_000)
+            )
         });
         let (browser, lo, hi) = d.pick(BROWSERS);
         let major = d.range(lo, hi);
@@ -238,7 +377,9 @@ impl RowGen {
         let user_agent = format!(
             "Mozilla/5.0 ({os_agent}) AppleWebKit/537.36 (KHTML, like Gecko) {browser}/{major}.0.0.0 Safari/537.36"
         );
-        let width = d.pick(&[360u32, 390, 414, 768, 1024, 1280, 1366, 1440, 1536, 1920, 2560]);
+        let width = d.pick(&[
+            360u32, 390, 414, 768, 1024, 1280, 1366, 1440, 1536, 1920, 2560,
+        ]);
         let mut flags = Vec::new();
         for f in FLAGS {
             if d.chance(30) {

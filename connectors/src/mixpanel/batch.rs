@@ -252,15 +252,23 @@ mod tests {
     fn the_gzip_body_is_the_json_array() {
         let mut b = BatchBuilder::new();
         for i in 0..500 {
-            b.push(format!(r#"{{"event":"e","properties":{{"n":{i}}}}}"#).into_bytes(), None)
-                .unwrap();
+            b.push(
+                format!(r#"{{"event":"e","properties":{{"n":{i}}}}}"#).into_bytes(),
+                None,
+            )
+            .unwrap();
         }
         let batch = b.flush().unwrap();
         let gz = batch.gzip_json_array(1).unwrap();
         let mut plain = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
         assert_eq!(plain, batch.json_array());
-        assert!(gz.len() < plain.len() / 3, "{} of {}", gz.len(), plain.len());
+        assert!(
+            gz.len() < plain.len() / 3,
+            "{} of {}",
+            gz.len(),
+            plain.len()
+        );
     }
 
     #[test]

@@ -769,14 +769,23 @@ renames = { s = "page" }
             Value::Float(1.5),
             Value::Decimal("12.50".into()),
             Value::Bytes(vec![0, 1, 255]),
-            Value::Uuid(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef)),
+            Value::Uuid(uuid::Uuid::from_u128(
+                0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+            )),
             Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()),
-            Value::TimestampNaive(NaiveDate::from_ymd_opt(2024, 1, 2).unwrap().and_hms_milli_opt(3, 4, 5, 6).unwrap()),
+            Value::TimestampNaive(
+                NaiveDate::from_ymd_opt(2024, 1, 2)
+                    .unwrap()
+                    .and_hms_milli_opt(3, 4, 5, 6)
+                    .unwrap(),
+            ),
             Value::Array(vec![Value::Int(1), text("a"), Value::Null]),
             Value::Json(json!({"a": {"b": {"c": 1}}, "list": [1, "x", null]})),
             Value::Bool(true),
             text("/pricing"),
-            Value::Json(json!({"plan": "pro", "page": "from json", "time": 1, "$import": false, "w": 2.5})),
+            Value::Json(
+                json!({"plan": "pro", "page": "from json", "time": 1, "$import": false, "w": 2.5}),
+            ),
         ]
     };
     let long = "é".repeat(crate::ingest::limits::MAX_STRING_CHARS + 1);
@@ -793,10 +802,13 @@ renames = { s = "page" }
         r[15] = Value::Null;
     });
     edit("escapes", true, &|r| {
-        r[14] = text("quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} emoji 🚀 slash /");
+        r[14] =
+            text("quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7} emoji 🚀 slash /");
         r[15] = Value::Json(json!({"k\"ey\n": "v\\al\u{1}ue", "ünï": "çødé"}));
     });
-    edit("255 multi-byte characters are kept", true, &|r| r[14] = text(&at_limit));
+    edit("255 multi-byte characters are kept", true, &|r| {
+        r[14] = text(&at_limit)
+    });
     edit("non-finite float, inexact decimal", true, &|r| {
         r[5] = Value::Float(f64::NAN);
         r[6] = Value::Decimal("12345678901234567.89".into());
@@ -805,25 +817,52 @@ renames = { s = "page" }
         r[5] = Value::Float(1e21);
         r[6] = Value::Decimal("-0.1".into());
     });
-    edit("properties column as text", true, &|r| r[15] = text(r#"{"from_text": [1, 2], "page": "x"}"#));
-    edit("distinct id from a JSON key loses to the column", true, &|r| {
-        r[15] = Value::Json(json!({"distinct_id": "json-user", "$insert_id": "nope", "$device_id": "jd"}));
+    edit("properties column as text", true, &|r| {
+        r[15] = text(r#"{"from_text": [1, 2], "page": "x"}"#)
     });
-    edit("long string in a column is truncated", false, &|r| r[14] = text(&long));
-    edit("long string in the JSON column", false, &|r| r[15] = Value::Json(json!({"x": long.clone()})));
-    edit("long string in a list", false, &|r| r[11] = Value::Array(vec![text(&long)]));
+    edit(
+        "distinct id from a JSON key loses to the column",
+        true,
+        &|r| {
+            r[15] = Value::Json(
+                json!({"distinct_id": "json-user", "$insert_id": "nope", "$device_id": "jd"}),
+            );
+        },
+    );
+    edit("long string in a column is truncated", false, &|r| {
+        r[14] = text(&long)
+    });
+    edit("long string in the JSON column", false, &|r| {
+        r[15] = Value::Json(json!({"x": long.clone()}))
+    });
+    edit("long string in a list", false, &|r| {
+        r[11] = Value::Array(vec![text(&long)])
+    });
     edit("long bytes", false, &|r| r[7] = Value::Bytes(vec![7; 300]));
-    edit("objects nested too deep", false, &|r| r[12] = Value::Json(json!({"a": {"b": {"c": {"d": 1}}}})));
-    edit("distinct id missing: derived from the device id", false, &|r| r[1] = Value::Null);
+    edit("objects nested too deep", false, &|r| {
+        r[12] = Value::Json(json!({"a": {"b": {"c": {"d": 1}}}}))
+    });
+    edit(
+        "distinct id missing: derived from the device id",
+        false,
+        &|r| r[1] = Value::Null,
+    );
     edit("refused distinct id", false, &|r| r[1] = text("undefined"));
     edit("event name missing", false, &|r| r[3] = Value::Null);
     edit("blank event name", false, &|r| r[3] = text("  "));
     edit("time missing", false, &|r| r[4] = Value::Null);
-    edit("time in the future", false, &|r| r[4] = ts("2099-01-01T00:00:00Z"));
-    edit("properties column not an object", false, &|r| r[15] = Value::Json(json!([1, 2])));
-    edit("properties column malformed text", false, &|r| r[15] = text("{not json"));
+    edit("time in the future", false, &|r| {
+        r[4] = ts("2099-01-01T00:00:00Z")
+    });
+    edit("properties column not an object", false, &|r| {
+        r[15] = Value::Json(json!([1, 2]))
+    });
+    edit("properties column malformed text", false, &|r| {
+        r[15] = text("{not json")
+    });
     edit("too many properties", false, &|r| {
-        let map: serde_json::Map<String, Json> = (0..300).map(|i| (format!("p{i}"), json!(i))).collect();
+        let map: serde_json::Map<String, Json> =
+            (0..300).map(|i| (format!("p{i}"), json!(i))).collect();
         r[15] = Value::Json(Json::Object(map));
     });
     for (label, row, direct) in &cases {
