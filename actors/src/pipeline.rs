@@ -259,7 +259,8 @@ pub fn build_stages(input: PipelineInput) -> PipelineStages {
     let mut shard_txs = Vec::with_capacity(shards);
     let mut stages = Vec::with_capacity(shards + 3);
     for k in 0..shards {
-        let (tx, rx) = mpsc::channel::<ShardItem>(settings.shard_queue.div_ceil(SHARD_CHUNK).max(1));
+        let (tx, rx) =
+            mpsc::channel::<ShardItem>(settings.shard_queue.div_ceil(SHARD_CHUNK).max(1));
         shard_txs.push(tx);
         stages.push(Stage {
             name: format!("import-shard-{k}"),
