@@ -72,6 +72,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         return serve(args, listen).await;
     }
+    if !args.etcd.is_empty() {
+        bail!("--etcd joins a cluster served through the admin API: give --listen ADDR too");
+    }
     let Some(config) = args.config.clone() else {
         bail!(
             "give --config FILE (run the syncs of a file) or --listen ADDR (serve the admin API)"

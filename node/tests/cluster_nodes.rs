@@ -411,3 +411,34 @@ fn owner_lost_mid_run(loss: Loss) {
     drop(nodes);
     drop(etcd);
 }
+
+#[test]
+fn cluster_flags_without_their_companions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "node.toml", "[node]\nid = \"n1\"\n");
+    let without_listen = cli_common::run(cli_common::ferry().args([
+        "node",
+        "--config",
+        &config,
+        "--etcd",
+        "http://127.0.0.1:1",
+    ]));
+    assert_ne!(without_listen.code, 0);
+    assert!(
+        without_listen.stderr.contains("give --listen"),
+        "{}",
+        without_listen.stderr
+    );
+    let without_etcd = cli_common::run(
+        cli_common::ferry()
+            .args(["node", "--listen", "127.0.0.1:0", "--capacity", "3"])
+            .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", SECRET_KEY),
+    );
+    assert_ne!(without_etcd.code, 0);
+    assert!(
+        without_etcd.stderr.contains("give --etcd too"),
+        "{}",
+        without_etcd.stderr
+    );
+}
