@@ -880,6 +880,64 @@ async fn profile_history_keeps_every_version_at_its_start_time() {
     );
     assert_eq!(versions(&w.state().await), expected(&w));
 
+    // A group's history: events carry the group id as distinct id and under the group key.
+    w.pg.sql(
+        "CREATE TABLE company_history (company text NOT NULL, since date NOT NULL, tier text);",
+    )
+    .unwrap();
+    w.pg.sql("INSERT INTO company_history VALUES ('acme', '2024-01-01', 'gold'), ('acme', '2024-05-01', 'platinum'), ('initech', '2024-02-01', 'silver');").unwrap();
+    let groups = sync("id='company-history'\ntable='company_history'\ntable_type='profile_history'\n[mapping]\ngroup_key='company_id'\ngroup_id_column='company'\nstart_time_column='since'\n");
+    let run = w.ok(&groups).await;
+    assert_eq!(run.counts.changes_inserted, 3);
+    let state = w.state().await;
+    let mut group_events: Vec<(String, String, i64, String)> = state["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "company_history")
+        .map(|e| {
+            let p = &e["properties"];
+            (
+                p["distinct_id"].as_str().unwrap().to_owned(),
+                p["company_id"].as_str().unwrap().to_owned(),
+                p["time"].as_i64().unwrap(),
+                p["tier"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    group_events.sort();
+    let day = |d: &str| {
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis()
+    };
+    assert_eq!(
+        group_events,
+        vec![
+            (
+                "acme".into(),
+                "acme".into(),
+                day("2024-01-01"),
+                "gold".into()
+            ),
+            (
+                "acme".into(),
+                "acme".into(),
+                day("2024-05-01"),
+                "platinum".into()
+            ),
+            (
+                "initech".into(),
+                "initech".into(),
+                day("2024-02-01"),
+                "silver".into()
+            ),
+        ]
+    );
+
     // Lists and objects are refused, by name.
     w.pg.sql("CREATE TABLE tag_history (user_id text, valid_from timestamptz, tags text[]);")
         .unwrap();
