@@ -545,5 +545,34 @@ async fn a_mirror_dry_run_counts_inserts_updates_and_deletes_without_sending() {
         (1, 1, 1),
         "{again:?}"
     );
+
+    // Deleting the sync drops its staging tables in the warehouse.
+    let staging_tables = || {
+        w.pg.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry_staging';")
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_ne!(staging_tables(), "0", "the run left its snapshot");
+    let deleted = w
+        .syncs()
+        .delete_sync(req(
+            &token,
+            pb::DeleteSyncRequest {
+                id: "people".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        deleted.message.contains("dropped Mirror staging tables"),
+        "{deleted:?}"
+    );
+    assert_eq!(staging_tables(), "0");
     w.stop().await;
 }

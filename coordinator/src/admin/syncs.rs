@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use ferry_core::schedule::Schedule;
-use ferry_core::spec::SyncSpec;
+use ferry_core::spec::{SyncMode, SyncSpec};
 use ferry_proto::admin::v1 as pb;
 use pb::syncs_server::Syncs;
 use tonic::{Request, Response, Status};
@@ -295,9 +295,17 @@ impl Syncs for SyncsApi {
             })?;
         let outcome = async {
             let mut response = pb::DeleteSyncResponse::default();
+            let job = admin.job(&id).await?;
             if req.delete_imported_data {
-                let job = admin.job(&id).await?;
                 response = admin.delete_imported(&job).await?;
+            }
+            if job.sync.mode == SyncMode::Mirror {
+                let staging = drop_mirror_staging(&id, &job).await;
+                response.message = if response.message.is_empty() {
+                    staging
+                } else {
+                    format!("{}; {staging}", response.message)
+                };
             }
             admin
                 .store
@@ -365,5 +373,21 @@ impl Syncs for SyncsApi {
         };
         let max_rows = (req.max_rows != 0).then_some(req.max_rows);
         Ok(Response::new(admin.dry_run(&job, samples, max_rows).await?))
+    }
+}
+
+/// Drops a deleted Mirror sync's staging tables. A warehouse that cannot be reached does not block
+/// the delete (it may be gone for good): the answer names what was left behind instead.
+async fn drop_mirror_staging(id: &SyncId, job: &super::specs::Job) -> String {
+    match crate::mirror::drop_staging(&job.source, &job.sync).await {
+        Ok(dropped) if dropped.is_empty() => "no Mirror staging tables to drop".into(),
+        Ok(dropped) => format!("dropped Mirror staging tables {}", dropped.join(", ")),
+        Err(e) => {
+            tracing::warn!(sync = %id, error = %e, "dropping the Mirror staging tables of a deleted sync");
+            format!(
+                "the Mirror staging tables of this sync could not be dropped and are left in the \
+                 warehouse's ferry_staging schema: {e}"
+            )
+        }
     }
 }
