@@ -28,4 +28,5 @@ pub fn require_tool(name: &str, present: bool) -> bool {
 
 pub mod etcd;
 pub mod postgres;
+pub mod specs;
 pub mod sshd;

@@ -173,19 +173,11 @@ async fn world(store_mode: StoreMode, page_size: usize) -> Option<World> {
 
 impl World {
     fn tenant(&self) -> TenantSpec {
-        toml::from_str(&format!(
-            "id='acme'\nname='Acme'\nproject_id=77\nproject_token='tok77'\n[destination]\nbase_url='{}'\n[auth.service_account]\nuser='sa'\nsecret='pw'\n",
-            self.rx.base_url()
-        ))
-        .unwrap()
+        ferry_tests::specs::receiver_tenant(&self.rx.base_url())
     }
 
     fn source(&self) -> SourceSpec {
-        toml::from_str(&format!(
-            "id='pg'\ntenant='acme'\n[kind.postgres]\nhost='{}'\nport={}\ndatabase='{}'\nuser='{}'\npassword='{}'\nssl_mode='disable'\n",
-            self.pg.host, self.pg.port, self.pg.database, self.pg.user, self.pg.password
-        ))
-        .unwrap()
+        ferry_tests::specs::postgres_source(&self.pg)
     }
 
     fn warehouse(&self) -> PostgresWarehouse {

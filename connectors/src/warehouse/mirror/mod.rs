@@ -7,7 +7,7 @@
 //!
 //! 1. **The SQL dialect** ([`MirrorDialect`]): identifier quoting, the canonical text of a value
 //!    (what is hashed; it must equal [`ferry_core::checksum`]'s text for the same value), bound
-//!    parameter placeholders, and table options. Every statement is written by one pure module,
+//!    bind-parameter markers, and table options. Every statement is written by one pure module,
 //!    [`sql`], from these hooks; a dialect's golden tests pin the full text it produces.
 //! 2. **Running statements** ([`MirrorWarehouse`]): execute DDL/DML, and run small queries
 //!    (counts, listings) with bound text parameters. Changed rows are streamed with the
@@ -116,9 +116,9 @@ pub trait MirrorDialect: Send + Sync + fmt::Debug {
     /// when the value is NULL.
     fn canonical_text(&self, expr: &str, kind: &ColumnKind) -> String;
 
-    /// The placeholder of bound parameter `n` (1-based), typed as text: `$1::text` on
+    /// The marker of bound parameter `n` (1-based), typed as text: `$1::text` on
     /// PostgreSQL, `:p1` on the Redshift Data API.
-    fn placeholder(&self, n: usize) -> String;
+    fn bind_param(&self, n: usize) -> String;
 
     /// Text between `CREATE TABLE <name>` and `AS` for a snapshot whose rows are found by
     /// `identity_column` (Redshift: `DISTKEY(...) SORTKEY(...)`). Nothing by default.

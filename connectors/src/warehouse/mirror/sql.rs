@@ -78,7 +78,7 @@ impl<'d> MirrorSql<'d> {
         Statement::with_params(
             format!(
                 "SELECT CAST(schema_name AS VARCHAR(128)) FROM information_schema.schemata WHERE schema_name = {}",
-                self.dialect.placeholder(1)
+                self.dialect.bind_param(1)
             ),
             vec![self.schema.to_owned()],
         )
@@ -96,7 +96,7 @@ impl<'d> MirrorSql<'d> {
         Statement::with_params(
             format!(
                 "SELECT CAST(table_name AS VARCHAR(128)) FROM information_schema.tables WHERE table_schema = {}",
-                self.dialect.placeholder(1)
+                self.dialect.bind_param(1)
             ),
             vec![self.schema.to_owned()],
         )

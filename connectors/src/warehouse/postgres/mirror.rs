@@ -56,7 +56,7 @@ impl MirrorDialect for PostgresDialect {
         }
     }
 
-    fn placeholder(&self, n: usize) -> String {
+    fn bind_param(&self, n: usize) -> String {
         format!("${n}::text")
     }
 

@@ -51,7 +51,7 @@ impl MirrorDialect for RedshiftDialect {
         }
     }
 
-    fn placeholder(&self, n: usize) -> String {
+    fn bind_param(&self, n: usize) -> String {
         format!(":p{n}")
     }
 

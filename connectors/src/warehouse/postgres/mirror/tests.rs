@@ -28,7 +28,7 @@ fn canonical_text_keeps_nulls_null_and_fixes_printing() {
         .canonical_text("t.x", &ColumnKind::Timestamp)
         .contains("AT TIME ZONE 'UTC'"));
     assert!(d.canonical_text("t.x", &ColumnKind::Json).contains("jsonb"));
-    assert_eq!(d.placeholder(2), "$2::text");
+    assert_eq!(d.bind_param(2), "$2::text");
     assert_eq!(d.quote_ident("a\"b"), "\"a\"\"b\"");
     let sql = crate::warehouse::mirror::MirrorSql::new(&d, "ferry_staging");
     assert_eq!(

@@ -21,7 +21,7 @@ fn golden_redshift_sql() {
 fn the_sql_stays_inside_redshifts_dialect() {
     let text = golden_text(&RedshiftDialect);
     // Redshift has no IS DISTINCT FROM, a two-argument CONCAT only, no bool-to-varchar cast,
-    // and no PostgreSQL-only casts or placeholders.
+    // and no PostgreSQL-only casts or parameter markers.
     for refused in [
         "IS DISTINCT FROM",
         "CONCAT(",
@@ -57,7 +57,7 @@ fn canonical_text_keeps_nulls_null() {
         d.canonical_text("t.x", &ColumnKind::Timestamp),
         "CAST((t.x AT TIME ZONE 'UTC') AS VARCHAR(65535))"
     );
-    assert_eq!(d.placeholder(2), ":p2");
+    assert_eq!(d.bind_param(2), ":p2");
     assert_eq!(d.quote_ident("a\"b"), "\"a\"\"b\"");
     assert_eq!(
         parameters(&Statement::with_params("x", vec!["a".into(), "b".into()])),
