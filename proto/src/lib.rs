@@ -1,10 +1,17 @@
 //! Ferry's gRPC protocols. `admin::v1` is the admin API (tenants, tokens, sources, syncs, runs)
 //! that `ferry node --listen` serves and the `ferry` CLI speaks; see `ferry/admin/v1/admin.proto`
-//! for the contract (auth, write-only credentials, versions).
+//! for the contract (auth, write-only credentials, versions). `cluster::v1` carries the links
+//! between a cluster's nodes (`ferry/cluster/v1/link.proto`).
 
 pub mod admin {
     pub mod v1 {
         tonic::include_proto!("ferry.admin.v1");
+    }
+}
+
+pub mod cluster {
+    pub mod v1 {
+        tonic::include_proto!("ferry.cluster.v1");
     }
 }
 
