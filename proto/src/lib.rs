@@ -1,4 +1,5 @@
-//! Ferry's gRPC protocols. `admin::v1` is the admin API (tenants, tokens, sources, syncs, runs)
+//! Ferry's gRPC protocols. `admin::v1` is the admin API (tenants, tokens, sources, syncs, runs,
+//! and the cluster's nodes in `ferry/admin/v1/cluster.proto`)
 //! that `ferry node --listen` serves and the `ferry` CLI speaks; see `ferry/admin/v1/admin.proto`
 //! for the contract (auth, write-only credentials, versions). `cluster::v1` carries the links
 //! between a cluster's nodes (`ferry/cluster/v1/link.proto`).
@@ -38,7 +39,7 @@ mod tests {
         assert_eq!(v1::Sync::decode(bytes.as_slice()).unwrap(), sync);
 
         let text = String::from_utf8_lossy(super::FILE_DESCRIPTOR_SET);
-        for service in ["Tenants", "Sources", "Syncs", "Runs"] {
+        for service in ["Tenants", "Sources", "Syncs", "Runs", "Cluster"] {
             assert!(text.contains(service), "{service} missing from the descriptor set");
         }
     }
