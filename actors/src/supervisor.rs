@@ -60,6 +60,10 @@ pub enum SupervisorMsg {
     Cancel,
 }
 
+// ractor's "cluster" feature (on for the whole workspace) drops the blanket impl: a message
+// that never leaves its node says so by implementing the trait with its defaults.
+impl ractor::Message for SupervisorMsg {}
+
 pub struct SupervisorArgs {
     pub factory: Arc<dyn AttemptFactory>,
     pub policy: RestartPolicy,
