@@ -6,4 +6,5 @@ pub mod changes;
 pub mod checkpoint;
 pub mod pipeline;
 pub mod restart;
+pub mod send_gate;
 pub mod supervisor;

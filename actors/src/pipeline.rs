@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::changes;
 use crate::checkpoint::{CheckpointTracker, PageSeq, TrackerError};
+use crate::send_gate::SendGate;
 
 /// Where committed cursors go: a fenced write in the state store.
 #[async_trait]
@@ -46,6 +47,8 @@ pub struct PipelineSettings {
     pub encoders: usize,
     /// Per-row errors kept in the run's log (the counts are always complete).
     pub max_row_errors: usize,
+    /// Every batch waits here for its tenant's send budget before it is sent.
+    pub send_gate: SendGate,
 }
 
 impl Default for PipelineSettings {
@@ -58,6 +61,7 @@ impl Default for PipelineSettings {
             shard_queue: 2048,
             encoders: 2,
             max_row_errors: 1000,
+            send_gate: SendGate::unlimited(),
         }
     }
 }
@@ -267,6 +271,7 @@ pub fn build_stages(input: PipelineInput) -> PipelineStages {
             work: Box::pin(import_shard(
                 rx,
                 client.clone(),
+                settings.send_gate.clone(),
                 ack_tx.clone(),
                 progress.clone(),
                 log.clone(),
@@ -464,6 +469,7 @@ fn encode_page(
 async fn import_shard(
     mut input: mpsc::Receiver<ShardItem>,
     client: MixpanelClient,
+    gate: SendGate,
     acks: mpsc::UnboundedSender<Ack>,
     progress: Arc<RunProgress>,
     log: Arc<ErrorLog>,
@@ -480,7 +486,7 @@ async fn import_shard(
             Ok(item) => Some(item),
             Err(mpsc::error::TryRecvError::Empty) => {
                 if let Some(batch) = builder.flush() {
-                    send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                    send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
                 }
                 input.recv().await
             }
@@ -493,7 +499,7 @@ async fn import_shard(
             // One endpoint per batch: a sync produces one record kind, but check rather than mix.
             if kind.is_some_and(|k| k != record.kind) {
                 if let Some(batch) = builder.flush() {
-                    send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                    send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
                 }
             }
             let key = record.insert_id;
@@ -504,7 +510,7 @@ async fn import_shard(
                     kind = Some(record.kind);
                     seqs.push(seq);
                     if let Some(batch) = complete {
-                        send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                        send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
                     }
                 }
                 Err(e) => {
@@ -523,15 +529,18 @@ async fn import_shard(
         }
     }
     if let Some(batch) = builder.flush() {
-        send(&client, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+        send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
     }
     Ok(None)
 }
 
 /// Sends one batch of records of `kind` whose pages are the first `batch.len()` entries of
-/// `seqs` (removed here), and reports every record as finished.
+/// `seqs` (removed here), and reports every record as finished. It first waits for the
+/// tenant's send budget (cancelled with the stage: the wait is a plain tokio sleep).
+#[allow(clippy::too_many_arguments)]
 async fn send(
     client: &MixpanelClient,
+    gate: &SendGate,
     batch: Batch,
     kind: Option<RecordKind>,
     seqs: &mut Vec<PageSeq>,
@@ -546,6 +555,7 @@ async fn send(
         _ => RecordEndpoint::Import,
     };
     let batch_seqs: Vec<PageSeq> = seqs.drain(..n).collect();
+    gate.admit(n as u64).await;
     progress.records_sent.fetch_add(n as u64, Ordering::Relaxed);
     let outcome = match kind {
         Some(RecordKind::EventDelete) => client.delete_events(batch).await?.batch,
