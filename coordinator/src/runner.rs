@@ -17,6 +17,7 @@ use ferry_actors::pipeline::{
     RunRowError,
 };
 use ferry_actors::restart::RestartPolicy;
+use ferry_actors::send_gate::{SendGate, SendGates};
 use ferry_actors::supervisor::{
     AttemptFactory, SupervisedOutcome, SupervisorArgs, SupervisorMsg, SyncSupervisor,
 };
@@ -46,6 +47,9 @@ pub struct RunnerSettings {
     pub client: ClientSettings,
     /// The destination is the bundled receiver (its `/ferry/v1/` extensions may be used).
     pub receiver_extensions: bool,
+    /// The node's send budgets: one limiter per budgeted tenant, shared by all its runs here
+    /// (a cluster node shares each budget with the other nodes; see `cluster::budget`).
+    pub send_gates: SendGates,
 }
 
 impl Default for RunnerSettings {
@@ -57,6 +61,7 @@ impl Default for RunnerSettings {
             restart: RestartPolicy::default(),
             client: ClientSettings::default(),
             receiver_extensions: false,
+            send_gates: SendGates::default(),
         }
     }
 }
@@ -191,6 +196,11 @@ impl SyncRunner {
         );
         run.state = RunState::Running;
         run.started_at = Some(Utc::now());
+        // The run counts as its tenant's demand on this node until it ends.
+        let budget = self
+            .settings
+            .send_gates
+            .join(&tenant.id, tenant.send_budget);
         if let Err(e) = self.store.put_run(&fence, &run).await {
             let _ = self.store.release(&fence).await;
             return Err(e.into());
@@ -205,6 +215,7 @@ impl SyncRunner {
                 &fence,
                 &run,
                 progress.clone(),
+                budget.gate(),
             )
             .await;
         run.counts = RunCounts::of_progress(&progress);
@@ -248,12 +259,20 @@ impl SyncRunner {
         fence: &Fence,
         run: &RunRecord,
         progress: Arc<RunProgress>,
+        send_gate: SendGate,
     ) -> Result<(u32, Vec<RunRowError>, Option<String>), (u32, Vec<RunRowError>, String)> {
         let fail = |e: ExecError| (1, Vec::new(), e.to_string());
+        let pipeline = PipelineSettings {
+            send_gate,
+            ..self.settings.pipeline.clone()
+        };
         if sync.mode == SyncMode::Mirror {
             return crate::mirror::run(crate::mirror::MirrorRun {
                 store: self.store.clone(),
-                settings: &self.settings,
+                settings: &RunnerSettings {
+                    pipeline,
+                    ..self.settings.clone()
+                },
                 tenant,
                 source,
                 sync,
@@ -321,7 +340,7 @@ impl SyncRunner {
             mapper,
             client,
             progress,
-            settings: self.settings.pipeline.clone(),
+            settings: pipeline,
         });
         let (done, outcome) = oneshot::channel();
         let args = SupervisorArgs {

@@ -207,6 +207,10 @@ pub struct TenantSpec {
     /// Called when any of the tenant's runs fails or its volume deviates (see [`WebhookSpec`]).
     #[serde(default)]
     pub webhook: Option<WebhookSpec>,
+    /// Records per second all of the tenant's runs together may send, across every node of
+    /// a cluster (Mixpanel's rate limit is per project). None: no budget.
+    #[serde(default)]
+    pub send_budget: Option<u32>,
 }
 
 impl TenantSpec {
@@ -254,6 +258,12 @@ impl TenantSpec {
         }
         if let Some(webhook) = &self.webhook {
             webhook.check(&mut p, "tenant.webhook");
+        }
+        if self.send_budget == Some(0) {
+            p.add(
+                "tenant.send_budget",
+                "must be a positive number of records per second (leave it out for no budget)",
+            );
         }
         p.finish(())
     }
@@ -1704,6 +1714,21 @@ mod tests {
             "http://127.0.0.1:8080"
         );
         assert_eq!(local.profile_token(), Some("tok"));
+        assert_eq!(local.send_budget, None, "no budget unless given");
+    }
+
+    #[test]
+    fn a_send_budget_is_a_positive_rate() {
+        let base = "id='t'\nname='T'\nproject_id=1\ndestination={region='us'}\nauth={project_token='tok'}\n";
+        let tenant: TenantSpec = toml::from_str(&format!("{base}send_budget = 5000")).unwrap();
+        tenant.validate().unwrap();
+        assert_eq!(tenant.send_budget, Some(5000));
+        let zero: TenantSpec = toml::from_str(&format!("{base}send_budget = 0")).unwrap();
+        let err = zero.validate().unwrap_err();
+        assert!(err.mentions("tenant.send_budget"), "{err}");
+        let negative = toml::from_str::<TenantSpec>(&format!("{base}send_budget = -5"));
+        let err = negative.unwrap_err().to_string();
+        assert!(err.contains("send_budget"), "{err}");
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub fn tenant_json(t: &pb::Tenant) -> Result<Json, Status> {
     if let Some(w) = &t.webhook {
         m.insert("webhook".into(), webhook_json(w));
     }
+    if let Some(budget) = t.send_budget {
+        m.insert("send_budget".into(), json!(budget));
+    }
     Ok(Json::Object(m))
 }
 
@@ -177,6 +180,7 @@ pub fn tenant_pb(
             .webhook
             .as_ref()
             .map(|w| webhook_pb(w, sealed.has("/webhook/secret"))),
+        send_budget: spec.send_budget,
     }
 }
 

@@ -142,6 +142,9 @@ pub struct TenantFile {
     pub project_token: Option<String>,
     #[serde(default)]
     pub webhook: Option<WebhookFile>,
+    /// Records per second across the cluster; absent or null: no budget.
+    #[serde(default)]
+    pub send_budget: Option<u32>,
     #[serde(default, rename = "project_token_set")]
     _project_token_set: Option<IgnoredAny>,
     #[serde(default, rename = "created_at")]
@@ -225,6 +228,7 @@ impl TenantFile {
             credentials,
             project_token: self.project_token.unwrap_or_default(),
             webhook: self.webhook.map(WebhookFile::into_proto),
+            send_budget: self.send_budget,
             ..Default::default()
         })
     }

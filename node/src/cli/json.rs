@@ -98,6 +98,7 @@ pub fn tenant(t: &pb::Tenant) -> Value {
         "credentials": credentials(t.credentials.as_ref()),
         "project_token_set": t.project_token_set,
         "webhook": super::webhook::to_json(t.webhook.as_ref()),
+        "send_budget": t.send_budget,
         "created_at": t.created_at,
         "updated_at": t.updated_at,
         "version": t.version,

@@ -79,6 +79,12 @@ pub struct TenantFlags {
     project_token_file: Option<PathBuf>,
     #[command(flatten)]
     webhook: WebhookFlags,
+    /// Records per second all of the tenant's runs together may send, across every node.
+    #[arg(long, value_name = "EVENTS_PER_SEC", conflicts_with = "no_send_budget")]
+    send_budget: Option<u32>,
+    /// Remove the tenant's send budget (no limit).
+    #[arg(long)]
+    no_send_budget: bool,
 }
 
 impl TenantFlags {
@@ -141,6 +147,12 @@ impl TenantFlags {
         }
         if let Some(tok) = project_token {
             t.project_token = tok;
+        }
+        if let Some(budget) = self.send_budget {
+            t.send_budget = Some(budget);
+        }
+        if self.no_send_budget {
+            t.send_budget = None;
         }
         self.webhook.apply(&mut t.webhook)
     }
@@ -210,10 +222,18 @@ fn tenant_fields(t: &pb::Tenant) -> String {
             },
         ),
         ("webhook", webhook::text(t.webhook.as_ref())),
+        ("send_budget", budget_text(t.send_budget)),
         ("created_at", t.created_at.clone()),
         ("updated_at", t.updated_at.clone()),
         ("version", t.version.to_string()),
     ])
+}
+
+fn budget_text(budget: Option<u32>) -> String {
+    match budget {
+        Some(b) => format!("{b} events/s across the cluster"),
+        None => "none".into(),
+    }
 }
 
 fn credentials_text(c: Option<&pb::Credentials>) -> String {
@@ -283,6 +303,7 @@ pub async fn run_tenants(conn: &Connection, command: TenantsCommand) -> Result<(
                             "project",
                             "destination",
                             "credentials",
+                            "send budget",
                             "updated",
                         ],
                         resp.tenants.iter().map(|t| {
@@ -296,6 +317,7 @@ pub async fn run_tenants(conn: &Connection, command: TenantsCommand) -> Result<(
                                     None => String::new(),
                                 },
                                 credentials_text(t.credentials.as_ref()),
+                                t.send_budget.map(|b| format!("{b}/s")).unwrap_or_default(),
                                 t.updated_at.clone(),
                             ]
                         }),
