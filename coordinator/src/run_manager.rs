@@ -7,10 +7,21 @@
 //! never queues a second run. Across nodes the state store's claim is the guard: a node that
 //! cannot claim the sync records nothing and the trigger's run ends as "not started".
 //!
+//! Run slots: at most `max_runs` runs go at once ([`DEFAULT_MAX_RUNS`] unless the node says). A trigger beyond that is
+//! accepted (it gets its run id) and its run waits, first come first served, until a run ends
+//! and frees a slot; the admin API shows it as queued. A trigger for a sync whose run is
+//! waiting is accepted too and answered with that run's id (coalesced), so a scheduled tick
+//! or an impatient API caller never queues a second run of one sync. [`RunManager::slot_use`]
+//! follows how many run and how many wait (a cluster node reports it as its load).
+//!
 //! Cancelling is cooperative: the run's supervisor stops the pipeline, the run is recorded as
-//! `cancelled`, and the cursor stays at its last commit.
+//! `cancelled`, and the cursor stays at its last commit. A waiting run that is cancelled leaves
+//! the queue at once and is never started.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -20,11 +31,11 @@ use ferry_actors::pipeline::{KnownTotal, RunProgress};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::admin::specs::{ResolveError, SpecResolver};
+use crate::admin::specs::{Job, ResolveError, SpecResolver};
 use crate::catalog::CatalogError;
 use crate::notify::Notifier;
 use crate::records::{RunCounts, RunRecord, RunState, SyncId};
-use crate::runner::{new_run_id, RunControl, RunnerSettings, SyncRunner};
+use crate::runner::{new_run_id, RunControl, RunnerError, RunnerSettings, SyncRunner};
 use crate::schedule::{SyncTrigger, TriggerError, TriggerReason};
 use crate::store::StateStore;
 
@@ -33,8 +44,15 @@ use crate::store::StateStore;
 const UNRECORDED_KEPT: usize = 200;
 /// Trigger reasons remembered for finished runs.
 const REASONS_KEPT: usize = 1000;
+/// A node's run slots unless it is configured otherwise.
+pub const DEFAULT_MAX_RUNS: usize = 4;
 
-/// A run in progress on this node.
+mod slots;
+
+use slots::RunSlots;
+pub use slots::SlotUse;
+
+/// A run in progress on this node, or waiting for one of its run slots.
 pub struct ActiveRun {
     pub sync: SyncId,
     pub run_id: String,
@@ -45,10 +63,17 @@ pub struct ActiveRun {
     pub progress: Arc<RunProgress>,
     cancel: watch::Sender<bool>,
     finished: watch::Sender<Option<RunRecord>>,
+    /// Still waiting for a run slot (nothing read or sent yet).
+    waiting: AtomicBool,
 }
 
 impl ActiveRun {
-    /// The run as it stands: state running, live counters.
+    /// Whether the run still waits for a run slot.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// The run as it stands: state running (queued while it waits for a slot), live counters.
     pub fn snapshot(&self) -> RunRecord {
         let mut run = RunRecord::queued(
             self.sync.clone(),
@@ -56,8 +81,10 @@ impl ActiveRun {
             self.import_id.clone(),
             self.queued_at,
         );
-        run.state = RunState::Running;
-        run.started_at = Some(self.queued_at);
+        if !self.is_waiting() {
+            run.state = RunState::Running;
+            run.started_at = Some(self.queued_at);
+        }
         run.counts = RunCounts::of_progress(&self.progress);
         run
     }
@@ -84,6 +111,42 @@ pub enum CancelError {
     NotRunning { sync: SyncId, run_id: String },
 }
 
+/// A triggered run with what it needs to start once it has a slot.
+struct Pending {
+    active: Arc<ActiveRun>,
+    job: Arc<Job>,
+    cancel: watch::Receiver<bool>,
+}
+
+/// The node's runs: at most one per sync, each holding a run slot or waiting for one.
+struct Runs {
+    by_sync: HashMap<SyncId, Arc<ActiveRun>>,
+    slots: RunSlots<Pending>,
+}
+
+/// What executes a run once it has a slot: the [`SyncRunner`] (tests hold runs open at will).
+type Execute = Arc<
+    dyn Fn(
+            Arc<Job>,
+            RunnerSettings,
+            RunControl,
+            Arc<RunProgress>,
+        ) -> Pin<Box<dyn Future<Output = Result<RunRecord, RunnerError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn sync_runner(store: Arc<dyn StateStore>) -> Execute {
+    Arc::new(move |job, settings, control, progress| {
+        let runner = SyncRunner::new(store.clone(), settings).with_control(control);
+        Box::pin(async move {
+            runner
+                .run(&job.tenant, &job.source, &job.sync, progress)
+                .await
+        })
+    })
+}
+
 pub struct RunManager {
     /// Itself, for the tasks it spawns (it always lives in the `Arc` that `new` made).
     me: Weak<RunManager>,
@@ -91,18 +154,19 @@ pub struct RunManager {
     store: Arc<dyn StateStore>,
     settings: RunnerSettings,
     notifier: Option<Notifier>,
-    active: Mutex<HashMap<SyncId, Arc<ActiveRun>>>,
+    runs: Mutex<Runs>,
+    execute: Execute,
     /// Syncs being changed or deleted: not started meanwhile.
     held: Mutex<HashSet<SyncId>>,
     unrecorded: Mutex<VecDeque<RunRecord>>,
     reasons: Mutex<VecDeque<(SyncId, String, TriggerReason)>>,
-    idle: watch::Sender<usize>,
+    slot_use: watch::Sender<SlotUse>,
 }
 
 impl std::fmt::Debug for RunManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunManager")
-            .field("active", &self.active.lock().len())
+            .field("slots", &self.slot_use.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -126,18 +190,60 @@ impl RunManager {
         settings: RunnerSettings,
         notifier: Option<Notifier>,
     ) -> Arc<Self> {
+        Self::with_slots(resolver, store, settings, notifier, DEFAULT_MAX_RUNS)
+    }
+
+    /// A run manager that runs at most `max_runs` runs at once (at least one).
+    pub fn with_slots(
+        resolver: SpecResolver,
+        store: Arc<dyn StateStore>,
+        settings: RunnerSettings,
+        notifier: Option<Notifier>,
+        max_runs: usize,
+    ) -> Arc<Self> {
+        let execute = sync_runner(store.clone());
+        Self::with_executor(resolver, store, settings, notifier, max_runs, execute)
+    }
+
+    fn with_executor(
+        resolver: SpecResolver,
+        store: Arc<dyn StateStore>,
+        settings: RunnerSettings,
+        notifier: Option<Notifier>,
+        max_runs: usize,
+        execute: Execute,
+    ) -> Arc<Self> {
+        let slots = RunSlots::new(max_runs);
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             resolver,
             store,
             settings,
             notifier,
-            active: Mutex::default(),
+            runs: Mutex::new(Runs {
+                by_sync: HashMap::new(),
+                slots,
+            }),
+            execute,
             held: Mutex::default(),
             unrecorded: Mutex::default(),
             reasons: Mutex::default(),
-            idle: watch::Sender::new(0),
+            slot_use: watch::Sender::new(SlotUse::default()),
         })
+    }
+
+    /// How many runs hold a slot and how many wait, as it changes.
+    pub fn slot_use(&self) -> watch::Receiver<SlotUse> {
+        self.slot_use.subscribe()
+    }
+
+    fn publish(&self, runs: &Runs) {
+        self.slot_use.send_if_modified(|now| {
+            let used = runs.slots.used();
+            let changed = *now != used;
+            *now = used;
+            changed
+        });
     }
 
     pub fn store(&self) -> &Arc<dyn StateStore> {
@@ -192,24 +298,36 @@ impl RunManager {
             progress: Arc::new(RunProgress::default()),
             cancel: cancel_tx,
             finished: watch::Sender::new(None),
+            waiting: AtomicBool::new(true),
         });
-        {
+        let (start_now, used) = {
             if self.held.lock().contains(sync) {
                 return Err(TriggerError::Unavailable {
                     sync: sync.clone(),
                     reason: "the sync is being changed or deleted".into(),
                 });
             }
-            let mut running = self.active.lock();
-            if let Some(current) = running.get(sync) {
+            let mut runs = self.runs.lock();
+            if let Some(current) = runs.by_sync.get(sync) {
+                if current.is_waiting() {
+                    // Its run has not started yet: this trigger is answered by it.
+                    tracing::debug!(sync = %sync, run = %current.run_id, reason = reason.as_str(), "trigger coalesced into the run waiting for a slot");
+                    return Ok(current.run_id.clone());
+                }
                 return Err(TriggerError::AlreadyRunning {
                     sync: sync.clone(),
                     run_id: current.run_id.clone(),
                 });
             }
-            running.insert(sync.clone(), active.clone());
-            self.idle.send_replace(running.len());
-        }
+            runs.by_sync.insert(sync.clone(), active.clone());
+            let start_now = runs.slots.admit(Pending {
+                active: active.clone(),
+                job: Arc::new(job),
+                cancel: cancel_rx,
+            });
+            self.publish(&runs);
+            (start_now, runs.slots.used())
+        };
         {
             let mut reasons = self.reasons.lock();
             reasons.push_back((sync.clone(), run_id.clone(), reason));
@@ -217,19 +335,35 @@ impl RunManager {
                 reasons.pop_front();
             }
         }
-        tracing::info!(sync = %sync, run = %run_id, reason = reason.as_str(), "run started");
+        match start_now {
+            Some(pending) => {
+                tracing::info!(sync = %sync, run = %run_id, reason = reason.as_str(), "run started");
+                manager.launch(pending);
+            }
+            None => {
+                tracing::info!(sync = %sync, run = %run_id, reason = reason.as_str(), running = used.running, waiting = used.waiting, "run waits for a run slot");
+            }
+        }
+        Ok(run_id)
+    }
 
+    /// Starts a run that holds a slot; when it ends, its slot goes to the next waiting run.
+    fn launch(self: Arc<Self>, pending: Pending) {
+        let Pending {
+            active,
+            job,
+            cancel,
+        } = pending;
+        active.waiting.store(false, Ordering::Release);
         let mut settings = self.settings.clone();
         settings.receiver_extensions = job.receiver_extensions;
-        let runner = SyncRunner::new(self.store.clone(), settings).with_control(RunControl {
-            run_id: Some(run_id.clone()),
-            cancel: Some(cancel_rx),
-        });
+        let control = RunControl {
+            run_id: Some(active.run_id.clone()),
+            cancel: Some(cancel),
+        };
+        let run = (self.execute)(job.clone(), settings, control, active.progress.clone());
         tokio::spawn(async move {
-            let result = runner
-                .run(&job.tenant, &job.source, &job.sync, active.progress.clone())
-                .await;
-            let record = match result {
+            let record = match run.await {
                 Ok(record) => {
                     tracing::info!(
                         sync = %active.sync,
@@ -244,53 +378,65 @@ impl RunManager {
                 }
                 Err(e) => {
                     tracing::warn!(sync = %active.sync, run = %active.run_id, error = %e, "run not started");
-                    let mut record = active.snapshot();
-                    record.state = if active.cancel_requested() {
+                    let state = if active.cancel_requested() {
                         RunState::Cancelled
                     } else {
                         RunState::Failed
                     };
-                    record.finished_at = Some(Utc::now());
-                    record.message = Some(format!("not started: {e}"));
-                    let mut kept = manager.unrecorded.lock();
-                    kept.push_back(record.clone());
-                    while kept.len() > UNRECORDED_KEPT {
-                        kept.pop_front();
-                    }
-                    record
+                    self.keep_unrecorded(&active, state, format!("not started: {e}"))
                 }
             };
-            if let Some(notifier) = &manager.notifier {
-                let recent = manager
+            if let Some(notifier) = &self.notifier {
+                let recent = self
                     .store
                     .list_runs(&active.sync, 50)
                     .await
                     .unwrap_or_default();
                 notifier.run_finished(&job.tenant, &job.sync, &record, &recent);
             }
-            {
-                let mut running = manager.active.lock();
-                if running
+            let next = {
+                let mut runs = self.runs.lock();
+                if runs
+                    .by_sync
                     .get(&active.sync)
                     .is_some_and(|r| r.run_id == active.run_id)
                 {
-                    running.remove(&active.sync);
+                    runs.by_sync.remove(&active.sync);
                 }
-                manager.idle.send_replace(running.len());
-            }
+                let next = runs.slots.release();
+                self.publish(&runs);
+                next
+            };
             active.finished.send_replace(Some(record));
+            if let Some(next) = next {
+                tracing::info!(sync = %next.active.sync, run = %next.active.run_id, reason = next.active.reason.as_str(), "run started (a run slot freed)");
+                self.launch(next);
+            }
         });
-        Ok(run_id)
+    }
+
+    /// The record of a run that ended without one in the state store, kept for its trigger.
+    fn keep_unrecorded(&self, active: &ActiveRun, state: RunState, message: String) -> RunRecord {
+        let mut record = active.snapshot();
+        record.state = state;
+        record.finished_at = Some(Utc::now());
+        record.message = Some(message);
+        let mut kept = self.unrecorded.lock();
+        kept.push_back(record.clone());
+        while kept.len() > UNRECORDED_KEPT {
+            kept.pop_front();
+        }
+        record
     }
 
     /// The sync's running run on this node, if any.
     pub fn active(&self, sync: &SyncId) -> Option<Arc<ActiveRun>> {
-        self.active.lock().get(sync).cloned()
+        self.runs.lock().by_sync.get(sync).cloned()
     }
 
-    /// Every run in progress on this node.
+    /// Every run in progress on this node, and every run waiting for a slot.
     pub fn active_runs(&self) -> Vec<Arc<ActiveRun>> {
-        self.active.lock().values().cloned().collect()
+        self.runs.lock().by_sync.values().cloned().collect()
     }
 
     /// The running run `run_id` of `sync`, if it is the one running here.
@@ -317,19 +463,35 @@ impl RunManager {
             .map(|(_, _, reason)| *reason)
     }
 
-    /// Asks a running run to stop. Returns at once; [`Self::finished`] waits for the end.
+    /// Asks a running run to stop. Returns at once; [`Self::finished`] waits for the end. A
+    /// run waiting for a slot leaves the queue and ends now, cancelled, never started.
     pub fn cancel(&self, sync: &SyncId, run_id: &str) -> Result<(), CancelError> {
-        match self.active_run(sync, run_id) {
-            Some(run) => {
-                tracing::info!(sync = %sync, run = %run_id, "run cancellation requested");
-                run.cancel.send_replace(true);
-                Ok(())
-            }
-            None => Err(CancelError::NotRunning {
+        let Some(run) = self.active_run(sync, run_id) else {
+            return Err(CancelError::NotRunning {
                 sync: sync.clone(),
                 run_id: run_id.to_string(),
-            }),
+            });
+        };
+        tracing::info!(sync = %sync, run = %run_id, "run cancellation requested");
+        run.cancel.send_replace(true);
+        let withdrawn = {
+            let mut runs = self.runs.lock();
+            let withdrawn = runs.slots.withdraw(|p| Arc::ptr_eq(&p.active, &run));
+            if withdrawn.is_some() {
+                runs.by_sync.remove(sync);
+                self.publish(&runs);
+            }
+            withdrawn
+        };
+        if let Some(pending) = withdrawn {
+            let record = self.keep_unrecorded(
+                &pending.active,
+                RunState::Cancelled,
+                "cancelled while waiting for a run slot".into(),
+            );
+            pending.active.finished.send_replace(Some(record));
         }
+        Ok(())
     }
 
     /// Resolves with the run's final record once it ends (None when it is not running here).
@@ -357,7 +519,7 @@ impl RunManager {
             });
         };
         let mut held = self.held.lock();
-        if let Some(current) = self.active.lock().get(sync) {
+        if let Some(current) = self.runs.lock().by_sync.get(sync) {
             return Err(TriggerError::AlreadyRunning {
                 sync: sync.clone(),
                 run_id: current.run_id.clone(),
@@ -377,8 +539,9 @@ impl RunManager {
 
     /// Whether a sync of `tenant` runs here now.
     pub fn tenant_busy(&self, tenant: &str) -> Option<SyncId> {
-        self.active
+        self.runs
             .lock()
+            .by_sync
             .keys()
             .find(|s| s.tenant() == tenant)
             .cloned()
@@ -387,10 +550,10 @@ impl RunManager {
     /// Cancels every run and waits until all have ended (a node stopping).
     pub async fn shutdown(&self) {
         for run in self.active_runs() {
-            run.cancel.send_replace(true);
+            let _ = self.cancel(&run.sync, &run.run_id);
         }
-        let mut idle = self.idle.subscribe();
-        let _ = idle.wait_for(|n| *n == 0).await;
+        let mut used = self.slot_use.subscribe();
+        let _ = used.wait_for(|n| n.total() == 0).await;
         if let Some(notifier) = &self.notifier {
             notifier.flush().await;
         }
@@ -420,7 +583,6 @@ impl RunRates {
             records_per_second: per_second(counts.records_accepted),
         }
     }
-
 }
 
 /// Seconds left until `total` is done, at the rate rows got done since the total was known
@@ -443,8 +605,10 @@ impl SyncTrigger for RunManager {
 }
 
 #[cfg(test)]
+mod slot_tests;
+
+#[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use super::*;
@@ -459,7 +623,11 @@ mod tests {
         let total = progress.total().expect("known");
         assert_eq!((total.rows, total.done_before), (1000, 500));
         assert_eq!(
-            eta_seconds(&total, progress.rows_done(), total.since + Duration::from_secs(5)),
+            eta_seconds(
+                &total,
+                progress.rows_done(),
+                total.since + Duration::from_secs(5)
+            ),
             None,
             "no rate before a row is done"
         );
@@ -469,7 +637,9 @@ mod tests {
         progress.records_accepted.fetch_add(200, Ordering::Relaxed);
         progress.records_refused.fetch_add(20, Ordering::Relaxed);
         progress.rows_invalid.fetch_add(20, Ordering::Relaxed);
-        progress.deletes_not_applied.fetch_add(10, Ordering::Relaxed);
+        progress
+            .deletes_not_applied
+            .fetch_add(10, Ordering::Relaxed);
         let now = total.since + Duration::from_secs(10);
         let eta = eta_seconds(&total, progress.rows_done(), now).unwrap();
         assert!((eta - 30.0).abs() < 1e-9, "{eta}");

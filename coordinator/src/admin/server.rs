@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// node's agent schedules only the syncs the coordinator assigned to it
     /// ([`crate::cluster::agent`]), through [`RunningServer::scheduler`].
     pub schedule_catalog: bool,
+    /// What the `Cluster` service shows: None, this node alone (embedded).
+    pub cluster: Option<super::cluster::ClusterInfo>,
+    /// How many runs go at once on this node; further triggers wait for a slot.
+    pub max_runs: usize,
 }
 
 impl ServerConfig {
@@ -51,6 +55,8 @@ impl ServerConfig {
             scheduler: SchedulerSettings::default(),
             clock: Arc::new(SystemClock),
             schedule_catalog: true,
+            cluster: None,
+            max_runs: crate::run_manager::DEFAULT_MAX_RUNS,
         }
     }
 }
@@ -128,11 +134,12 @@ pub async fn start(
 ) -> Result<RunningServer, ServeError> {
     let auth = Authenticator::new(Some(&config.operator_token), catalog.clone())?;
     let resolver = SpecResolver::new(catalog.clone(), config.secrets.clone());
-    let runs = RunManager::new(
+    let runs = RunManager::with_slots(
         resolver,
         store.clone(),
         config.runner.clone(),
         Some(Notifier::new(config.notifier.clone())),
+        config.max_runs,
     );
     let trigger: Arc<dyn SyncTrigger> = runs.clone();
     let scheduler = Scheduler::new(
@@ -173,7 +180,18 @@ pub async fn start(
         )
         .with_scheduler(scheduler.clone()),
     );
-    let mut api = routes(admin).await?;
+    let cluster = config
+        .cluster
+        .clone()
+        .unwrap_or_else(|| super::cluster::ClusterInfo::Embedded {
+            node_id: config.runner.node_id.clone(),
+            address: config.listen.to_string(),
+            started_at: chrono::Utc::now(),
+        });
+    let cluster_api = super::cluster::ClusterApi::new(admin.clone(), cluster);
+    let mut api = routes(admin)
+        .await?
+        .add_service(ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api));
     let merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
     *api.axum_router_mut() = merged;
 

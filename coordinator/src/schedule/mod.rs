@@ -11,6 +11,9 @@
 //!   triggered — the newest run in the state store's run history when the scheduler first
 //!   sees a sync (after a restart, say), else the last time this scheduler fired it. After
 //!   five hours of downtime an hourly sync is due once, at once, and then on the hour again.
+//! - **Run slots.** A node runs at most so many syncs at once (the run manager's slots); a
+//!   due sync beyond that is still triggered — its run waits for a slot, queued in order of
+//!   due time — and a later tick for a sync whose run still waits is coalesced into it.
 //! - **Paused and manual syncs never fire.** Resuming does not catch up the ticks missed while
 //!   paused: the next regular tick fires.
 //! - **`every N`** fires at once for a sync that never ran, then N after each run's start;

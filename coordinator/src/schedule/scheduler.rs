@@ -186,7 +186,7 @@ impl Scheduler {
     pub async fn tick(&self) -> Vec<Fired> {
         let _one_tick_at_a_time = self.inner.ticking.lock().await;
         let now = self.inner.clock.now();
-        let due: Vec<(SyncId, DateTime<Utc>)> = self
+        let mut due: Vec<(SyncId, DateTime<Utc>)> = self
             .inner
             .entries
             .lock()
@@ -194,6 +194,8 @@ impl Scheduler {
             .filter(|(_, e)| e.wake_at().is_some_and(|t| t <= now))
             .filter_map(|(sync, e)| e.due.map(|due| (sync.clone(), due)))
             .collect();
+        // Oldest tick first: when runs wait for the node's run slots, they queue in that order.
+        due.sort_by(|(a, a_due), (b, b_due)| a_due.cmp(b_due).then_with(|| a.cmp(b)));
         let mut fired = Vec::new();
         for (sync, due) in due {
             let result = self
