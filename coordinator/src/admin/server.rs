@@ -36,8 +36,6 @@ pub struct ServerConfig {
     /// node's agent schedules only the syncs the coordinator assigned to it
     /// ([`crate::cluster::agent`]), through [`RunningServer::scheduler`].
     pub schedule_catalog: bool,
-    /// What the `Cluster` service shows: None, this node alone (embedded).
-    pub cluster: Option<super::cluster::ClusterInfo>,
     /// How many runs go at once on this node; further triggers wait for a slot.
     pub max_runs: usize,
 }
@@ -55,7 +53,6 @@ impl ServerConfig {
             scheduler: SchedulerSettings::default(),
             clock: Arc::new(SystemClock),
             schedule_catalog: true,
-            cluster: None,
             max_runs: crate::run_manager::DEFAULT_MAX_RUNS,
         }
     }
@@ -180,18 +177,7 @@ pub async fn start(
         )
         .with_scheduler(scheduler.clone()),
     );
-    let cluster = config
-        .cluster
-        .clone()
-        .unwrap_or_else(|| super::cluster::ClusterInfo::Embedded {
-            node_id: config.runner.node_id.clone(),
-            address: config.listen.to_string(),
-            started_at: chrono::Utc::now(),
-        });
-    let cluster_api = super::cluster::ClusterApi::new(admin.clone(), cluster);
-    let mut api = routes(admin)
-        .await?
-        .add_service(ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api));
+    let mut api = routes(admin).await?;
     let merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
     *api.axum_router_mut() = merged;
 
