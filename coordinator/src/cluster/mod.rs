@@ -16,6 +16,9 @@ pub mod placement;
 pub mod agent;
 #[cfg(feature = "etcd")]
 pub mod assigner;
+/// A tenant's send budget split among the nodes sending for it.
+#[cfg(feature = "etcd")]
+pub mod budget;
 #[cfg(feature = "etcd")]
 pub mod connection;
 #[cfg(feature = "etcd")]

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::agent::{AgentSettings, NodeAgent};
 use super::assigner;
+use super::budget;
 use super::connection::EtcdSettings;
 use super::election::{Election, Role};
 use super::etcd_store::{EtcdStore, EtcdStoreSettings};
@@ -88,6 +89,14 @@ impl ClusterNode {
         let catalog: Arc<dyn Catalog> = store;
         config.schedule_catalog = false;
         config.runner.node_id = node_id.clone();
+        // Ends with the membership.
+        budget::share(
+            client.clone(),
+            node_id.clone(),
+            membership.liveness(),
+            config.runner.send_gates.clone(),
+            budget::REFRESH,
+        );
         let server = start(config, state, catalog.clone()).await?;
         let election = Election::start(
             settings.etcd.connect_for_waiting().await?,
