@@ -10,6 +10,8 @@
 //!   and nothing once its lease is lost); [`node`] puts one cluster node together.
 
 pub mod keys;
+/// Links between nodes: the remotable agents over gRPC (the parts needing etcd are gated inside).
+pub mod link;
 pub mod placement;
 
 #[cfg(feature = "etcd")]
