@@ -8,6 +8,7 @@
 //! through the node's [`RunManager`].
 
 pub mod auth;
+pub mod cluster;
 pub mod convert;
 pub mod errors;
 mod preview;

@@ -36,8 +36,13 @@ pub struct ServerConfig {
     /// node's agent schedules only the syncs the coordinator assigned to it
     /// ([`crate::cluster::agent`]), through [`RunningServer::scheduler`].
     pub schedule_catalog: bool,
+    /// What the `Cluster` service shows: None, this node alone (embedded).
+    pub cluster: Option<super::cluster::ClusterInfo>,
     /// How many runs go at once on this node; further triggers wait for a slot.
     pub max_runs: usize,
+    /// More gRPC services on the same port: a cluster node's links to its peers
+    /// ([`crate::cluster::link`]).
+    pub peer_routes: Option<tonic::service::Routes>,
 }
 
 impl ServerConfig {
@@ -53,7 +58,9 @@ impl ServerConfig {
             scheduler: SchedulerSettings::default(),
             clock: Arc::new(SystemClock),
             schedule_catalog: true,
+            cluster: None,
             max_runs: crate::run_manager::DEFAULT_MAX_RUNS,
+            peer_routes: None,
         }
     }
 }
@@ -177,8 +184,22 @@ pub async fn start(
         )
         .with_scheduler(scheduler.clone()),
     );
-    let mut api = routes(admin).await?;
-    let merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
+    let cluster = config
+        .cluster
+        .clone()
+        .unwrap_or_else(|| super::cluster::ClusterInfo::Embedded {
+            node_id: config.runner.node_id.clone(),
+            address: config.listen.to_string(),
+            started_at: chrono::Utc::now(),
+        });
+    let cluster_api = super::cluster::ClusterApi::new(admin.clone(), cluster);
+    let mut api = routes(admin)
+        .await?
+        .add_service(ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api));
+    let mut merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
+    if let Some(peers) = config.peer_routes.clone() {
+        merged = merged.merge(peers.into_axum_router());
+    }
     *api.axum_router_mut() = merged;
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use ferry_core::schedule::Schedule;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::assigner::assignments_of;
@@ -53,7 +53,9 @@ impl AgentSettings {
 /// The running agent.
 pub struct NodeAgent {
     assigned: watch::Receiver<BTreeSet<SyncId>>,
+    draining: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
+    reconcile: Arc<Notify>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -69,7 +71,10 @@ impl NodeAgent {
         keys::check_node_id(&settings.node_id)?;
         let (assigned_tx, assigned) = watch::channel(BTreeSet::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (draining, draining_rx) = watch::channel(false);
+        let reconcile = Arc::new(Notify::new());
         let worker = Worker {
+            reconcile: reconcile.clone(),
             client,
             settings,
             catalog,
@@ -77,12 +82,15 @@ impl NodeAgent {
             scheduler,
             liveness,
             shutdown: shutdown_rx,
+            draining: draining_rx,
             assigned: assigned_tx,
             known: BTreeMap::new(),
         };
         Ok(Self {
             assigned,
+            draining,
             shutdown,
+            reconcile,
             task: Some(tokio::spawn(worker.run())),
         })
     }
@@ -90,6 +98,18 @@ impl NodeAgent {
     /// The syncs this node currently runs on their schedules (empty while the node is lost).
     pub fn assigned(&self) -> watch::Receiver<BTreeSet<SyncId>> {
         self.assigned.clone()
+    }
+
+    /// Wakes the worker to re-read the assignments now instead of at its next poll (the
+    /// coordinator tells the node's agent over its link after writing new assignments).
+    pub fn reconcile_handle(&self) -> Arc<Notify> {
+        self.reconcile.clone()
+    }
+
+    /// The node is draining: no run starts here any more (the schedule is emptied), while the
+    /// runs in progress go on until they end or the coordinator takes their sync away.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
     }
 
     /// Stops following assignments; the assigned syncs leave the scheduler and their runs are
@@ -118,6 +138,8 @@ struct Worker {
     scheduler: Scheduler,
     liveness: watch::Receiver<Liveness>,
     shutdown: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
+    reconcile: Arc<Notify>,
     assigned: watch::Sender<BTreeSet<SyncId>>,
     /// The syncs given to the scheduler, and the catalog version it was given.
     known: BTreeMap<SyncId, u64>,
@@ -127,7 +149,10 @@ impl Worker {
     async fn run(mut self) {
         loop {
             let live = self.liveness.borrow_and_update().lease().is_some();
-            if live {
+            let draining = *self.draining.borrow_and_update();
+            if live && draining {
+                self.stop_scheduling().await;
+            } else if live {
                 if let Err(e) = self.reconcile().await {
                     tracing::warn!(node = %self.settings.node_id, error = %e, "assignments not read; keeping the current ones");
                 }
@@ -136,11 +161,32 @@ impl Worker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.poll), if live => {}
+                _ = self.reconcile.notified(), if live => {}
                 changed = self.liveness.changed() => if changed.is_err() { break },
                 _ = self.shutdown.changed() => break,
+                _ = self.draining.changed() => {}
             }
         }
         self.let_go_of_everything("the agent is stopping");
+    }
+
+    /// Draining: nothing is scheduled here any more; a run in progress goes on while its sync
+    /// stays assigned here, and is cancelled once the coordinator takes the sync away (at the
+    /// drain deadline the node cancels what is left itself).
+    async fn stop_scheduling(&mut self) {
+        for sync in std::mem::take(&mut self.known).into_keys() {
+            self.scheduler.remove(&sync);
+        }
+        self.assigned.send_replace(BTreeSet::new());
+        let Ok(desired) = assignments_of(&self.client, &self.settings.node_id).await else {
+            return;
+        };
+        for run in self.runs.active_runs() {
+            if !desired.contains(&run.sync) {
+                tracing::info!(sync = %run.sync, run = %run.run_id, "sync moved away from this draining node: cancelling its run");
+                let _ = self.runs.cancel(&run.sync, &run.run_id);
+            }
+        }
     }
 
     /// Stops every run on this node and empties its schedule.

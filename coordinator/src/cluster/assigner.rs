@@ -1,6 +1,7 @@
 //! The elected coordinator's placement loop: every tick, place the catalog's active (not
 //! paused) syncs on the live nodes ([`super::placement`]) and write the difference to
-//! `/ferry/v1/assignments/<node>/<tenant>/<sync>`. A node's agent runs what is assigned to it
+//! `/ferry/v1/assignments/<node>/<tenant>/<sync>`. A draining node ([`super::drain`]) takes
+//! nothing and its syncs move as their runs end. A node's agent runs what is assigned to it
 //! (claiming each sync first; the claim, not the assignment, is what fences its writes).
 //!
 //! Every write is a transaction that also checks that this node's election key still exists
@@ -17,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::connection::store_error;
+use super::drain::draining_nodes;
 use super::election::Role;
 use super::keys;
 use super::membership::list_nodes;
-use super::placement::{place, NodeWeight};
+use super::placement::{plan, NodeWeight};
 use crate::catalog::{Catalog, CatalogError};
 use crate::records::SyncId;
 use crate::store::StoreError;
@@ -93,7 +95,7 @@ pub async fn assignments_of(client: &Client, node_id: &str) -> Result<Vec<SyncId
 }
 
 /// Which node holds each claimed sync (a run in progress there).
-async fn running_on(client: &Client) -> Result<BTreeMap<SyncId, String>, StoreError> {
+pub async fn running_on(client: &Client) -> Result<BTreeMap<SyncId, String>, StoreError> {
     #[derive(Deserialize)]
     struct OwnerNode {
         node_id: String,
@@ -145,26 +147,20 @@ pub async fn assign_once(
     leader_key: &str,
     syncs: &[SyncId],
 ) -> Result<Changes, StoreError> {
+    // A draining node stays listed (its runs in progress hold their syncs until they end)
+    // with capacity 0: it takes nothing, and only its own syncs move.
+    let draining = draining_nodes(client).await?;
     let nodes: Vec<NodeWeight> = list_nodes(client)
         .await?
         .into_iter()
-        .map(|n| NodeWeight::new(n.node_id, n.capacity))
+        .map(|n| {
+            let drained = draining.get(&n.node_id).is_some_and(|d| d.applies_to(&n));
+            NodeWeight::new(n.node_id, if drained { 0 } else { n.capacity })
+        })
         .collect();
-    let mut desired = place(syncs, &nodes);
     let current = all_assignments(client).await?;
-    // A sync running where it is assigned stays there until its run ends: moving it would
-    // cancel the run (a node joining or coming back must not interrupt work in progress).
-    // A dead node's claims vanish with its lease, so this never holds a sync on a dead node.
     let running = running_on(client).await?;
-    for (sync, node) in desired.iter_mut() {
-        if let Some(owner) = running.get(sync) {
-            let assigned_there = current.get(sync).is_some_and(|n| n.contains(owner));
-            let owner_alive = nodes.iter().any(|n| &n.node_id == owner);
-            if owner != node && assigned_there && owner_alive {
-                *node = owner.clone();
-            }
-        }
-    }
+    let desired = plan(syncs, &nodes, &current, &running);
 
     let mut changes = Changes::default();
     for (sync, nodes) in &current {
@@ -264,6 +260,7 @@ mod tests {
     use crate::cluster::election::Election;
     use crate::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
     use crate::cluster::membership::{Membership, MembershipSettings};
+    use crate::cluster::placement::place;
     use crate::embedded::{EmbeddedSettings, EmbeddedStore};
     use crate::store::StateStore;
 

@@ -4,6 +4,8 @@
 //! /ferry/v1/nodes/<node>                            a live node (attached to its lease)
 //! /ferry/v1/assignments/<node>/<tenant>/<sync>      where the coordinator placed a sync
 //! /ferry/v1/election/coordinator/<lease id, hex>    the candidates (etcd's election API)
+//! /ferry/v1/draining/<node>                         a drain asked of a node (on that node's
+//!                                                   lease: it ends when the node leaves)
 //! ```
 
 use crate::keys::is_valid_segment;
@@ -14,9 +16,14 @@ pub const NODES: &str = "/ferry/v1/nodes/";
 pub const ASSIGNMENTS: &str = "/ferry/v1/assignments/";
 /// The election's name: etcd keeps each candidate at `<name>/<lease id>`.
 pub const ELECTION: &str = "/ferry/v1/election/coordinator";
+pub const DRAINING: &str = "/ferry/v1/draining/";
 
 pub fn node(node_id: &str) -> String {
     format!("{NODES}{node_id}")
+}
+
+pub fn draining(node_id: &str) -> String {
+    format!("{DRAINING}{node_id}")
 }
 
 /// Every assignment of one node lives under this prefix (ends with `/`).
@@ -82,5 +89,6 @@ mod tests {
         }
         assert!(check_node_id("a/b").is_err());
         assert_eq!(node("n1"), "/ferry/v1/nodes/n1");
+        assert_eq!(draining("n1"), "/ferry/v1/draining/n1");
     }
 }

@@ -7,7 +7,8 @@
 //!   writes; [`etcd_catalog`]: the admin API's catalog on the same store), [`membership`] (one lease per node, its registration, the kill switch),
 //!   [`election`] (the coordinator election) and [`assigner`] (the elected coordinator's
 //!   placement loop writing assignments) and [`agent`] (a node running what is assigned to it,
-//!   and nothing once its lease is lost); [`node`] puts one cluster node together.
+//!   and nothing once its lease is lost); [`drain`] (a node taking nothing more and leaving
+//!   once empty); [`node`] puts one cluster node together.
 
 pub mod keys;
 /// Links between nodes: the remotable agents over gRPC (the parts needing etcd are gated inside).
@@ -23,6 +24,8 @@ pub mod assigner;
 pub mod budget;
 #[cfg(feature = "etcd")]
 pub mod connection;
+#[cfg(feature = "etcd")]
+pub mod drain;
 #[cfg(feature = "etcd")]
 pub mod election;
 #[cfg(feature = "etcd")]

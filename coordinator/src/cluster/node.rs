@@ -14,6 +14,7 @@ use super::agent::{AgentSettings, NodeAgent};
 use super::assigner;
 use super::budget;
 use super::connection::EtcdSettings;
+use super::drain::{self, DrainRecord, Drained};
 use super::election::{Election, Role};
 use super::etcd_store::{EtcdStore, EtcdStoreSettings};
 use super::membership::{Liveness, Membership, MembershipSettings};
@@ -32,6 +33,9 @@ pub struct ClusterSettings {
     pub agent_poll: Duration,
     /// How long to wait for the first registration before giving up (etcd unreachable).
     pub join_timeout: Duration,
+    /// While draining, how long runs in progress may still take before they are cancelled
+    /// (unless the drain request names its own).
+    pub drain_timeout: Duration,
 }
 
 impl ClusterSettings {
@@ -42,6 +46,7 @@ impl ClusterSettings {
             placement_tick: Duration::from_secs(1),
             agent_poll: Duration::from_millis(500),
             join_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -63,6 +68,12 @@ pub struct ClusterNode {
     election: Election,
     placement: JoinHandle<()>,
     agent: NodeAgent,
+    client: etcd_client::Client,
+    node_id: String,
+    drain: tokio::sync::watch::Receiver<Option<DrainRecord>>,
+    drain_follower: JoinHandle<()>,
+    drain_timeout: Duration,
+    poll: Duration,
 }
 
 impl ClusterNode {
@@ -97,6 +108,10 @@ impl ClusterNode {
             config.runner.send_gates.clone(),
             budget::REFRESH,
         );
+        config.cluster = Some(crate::admin::cluster::ClusterInfo::Etcd {
+            client: client.clone(),
+            node_id: node_id.clone(),
+        });
         let server = start(config, state, catalog.clone()).await?;
         let election = Election::start(
             settings.etcd.connect_for_waiting().await?,
@@ -112,8 +127,14 @@ impl ClusterNode {
         ));
         let mut agent_settings = AgentSettings::new(node_id.clone());
         agent_settings.poll = settings.agent_poll;
+        let (drain, drain_follower) = drain::follow(
+            client.clone(),
+            node_id.clone(),
+            membership.liveness(),
+            settings.agent_poll,
+        );
         let agent = NodeAgent::start(
-            client,
+            client.clone(),
             agent_settings,
             catalog,
             server.run_manager().clone(),
@@ -127,7 +148,39 @@ impl ClusterNode {
             election,
             placement,
             agent,
+            client,
+            node_id,
+            drain,
+            drain_follower,
+            drain_timeout: settings.drain_timeout,
+            poll: settings.agent_poll,
         })
+    }
+
+    /// Marks this node draining (what SIGTERM does on a cluster node).
+    pub async fn drain(&self, requested_by: &str) -> Result<(), ClusterError> {
+        drain::request_drain(&self.client, &self.node_id, 0, requested_by).await?;
+        Ok(())
+    }
+
+    /// Resolves once this node was asked to drain (by [`Self::drain`] or the admin API's
+    /// `DrainNode`) and then holds no syncs and runs nothing: then call [`Self::stop`]. Runs
+    /// still going at the drain deadline are cancelled. Never resolves while not draining.
+    pub async fn drained(&self) -> Drained {
+        let mut drain = self.drain.clone();
+        if drain.wait_for(Option::is_some).await.is_err() {
+            return std::future::pending().await;
+        }
+        self.agent.drain();
+        drain::until_drained(
+            &self.client,
+            &self.node_id,
+            self.server.run_manager(),
+            drain,
+            self.drain_timeout,
+            self.poll,
+        )
+        .await
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -147,6 +200,7 @@ impl ClusterNode {
     /// this node's syncs move at once instead of after a lease TTL.
     pub async fn stop(self) -> Result<(), ClusterError> {
         self.agent.stop().await;
+        self.drain_follower.abort();
         self.placement.abort();
         self.election.resign().await;
         let served = self.server.stop().await;

@@ -9,10 +9,13 @@
 //! - removing a node moves only its own syncs;
 //! - adding or removing a sync moves nothing else.
 //!
+//! A draining node is given capacity 0: it takes nothing, and only its own syncs move (each
+//! once its run in progress ends, see [`plan`]).
+//!
 //! Pure and deterministic: the same ids give the same placement on every node and every
 //! version (xxh3 is a fixed function).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -72,6 +75,32 @@ pub fn place<'s>(
         .into_iter()
         .filter_map(|sync| choose(sync, nodes).map(|n| (sync.clone(), n.node_id.clone())))
         .collect()
+}
+
+/// The placement a coordinator should write: [`place`], except that a sync whose run is in
+/// progress on a live node it is assigned to stays there until the run ends (moving it would
+/// cancel the run: a node joining must not interrupt work, and a draining node's syncs move
+/// gracefully). `nodes` are the live nodes, draining ones with capacity 0; `current` the
+/// assignments now (sync → nodes); `running` which node holds each claimed sync.
+pub fn plan(
+    syncs: &[SyncId],
+    nodes: &[NodeWeight],
+    current: &BTreeMap<SyncId, BTreeSet<String>>,
+    running: &BTreeMap<SyncId, String>,
+) -> BTreeMap<SyncId, String> {
+    let mut desired = place(syncs, nodes);
+    // A dead node's claims vanish with its lease, so this never holds a sync on a dead node.
+    for sync in syncs {
+        let Some(owner) = running.get(sync) else {
+            continue;
+        };
+        let assigned_there = current.get(sync).is_some_and(|n| n.contains(owner));
+        let owner_alive = nodes.iter().any(|n| &n.node_id == owner);
+        if assigned_there && owner_alive {
+            desired.insert(sync.clone(), owner.clone());
+        }
+    }
+    desired
 }
 
 #[cfg(test)]
@@ -202,5 +231,85 @@ mod tests {
         println!("30 syncs, 3 → 4 nodes: {} moved", moved.len());
         assert!(moved.len() <= 15, "{} of 30 moved", moved.len());
         assert!(!moved.is_empty(), "the new node takes a share");
+    }
+
+    fn assigned(placed: &BTreeMap<SyncId, String>) -> BTreeMap<SyncId, BTreeSet<String>> {
+        placed
+            .iter()
+            .map(|(s, n)| (s.clone(), BTreeSet::from([n.clone()])))
+            .collect()
+    }
+
+    /// The cluster with `node` draining: listed (it is alive) with capacity 0.
+    fn with_draining(ns: &[NodeWeight], node: &str) -> Vec<NodeWeight> {
+        ns.iter()
+            .map(|n| {
+                let capacity = if n.node_id == node { 0 } else { n.capacity };
+                NodeWeight::new(n.node_id.clone(), capacity)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_draining_node_gets_nothing_and_only_its_syncs_move() {
+        let all = syncs(600, "acme");
+        let ns = nodes(&[1, 1, 2, 1]);
+        let before = plan(&all, &ns, &BTreeMap::new(), &BTreeMap::new());
+        let drained = with_draining(&ns, "node-2");
+        let after = plan(&all, &drained, &assigned(&before), &BTreeMap::new());
+        assert_eq!(after.len(), all.len(), "every sync still has a node");
+        assert!(
+            after.values().all(|n| n != "node-2"),
+            "the drained node got something"
+        );
+        let moved = moved(&before, &after);
+        assert!(!moved.is_empty());
+        for s in &moved {
+            assert_eq!(
+                before[s], "node-2",
+                "{s} moved though its node is not draining"
+            );
+        }
+        assert_eq!(
+            moved.len(),
+            before.values().filter(|n| *n == "node-2").count(),
+            "all of the drained node's syncs moved"
+        );
+    }
+
+    #[test]
+    fn a_draining_nodes_running_sync_stays_until_its_run_ends() {
+        let all = syncs(60, "acme");
+        let ns = nodes(&[1, 1, 1]);
+        let before = plan(&all, &ns, &BTreeMap::new(), &BTreeMap::new());
+        let current = assigned(&before);
+        let busy = before
+            .iter()
+            .find(|(_, n)| *n == "node-1")
+            .map(|(s, _)| s.clone())
+            .unwrap();
+        let drained = with_draining(&ns, "node-1");
+        let running = BTreeMap::from([(busy.clone(), "node-1".to_string())]);
+        let during = plan(&all, &drained, &current, &running);
+        assert_eq!(during[&busy], "node-1", "its run goes on where it is");
+        assert_eq!(
+            during.values().filter(|n| *n == "node-1").count(),
+            1,
+            "only the running sync stays on the draining node"
+        );
+        // The run ended: the claim is gone and the sync moves too.
+        let after = plan(&all, &drained, &assigned(&during), &BTreeMap::new());
+        assert!(after.values().all(|n| n != "node-1"));
+        // A claim on a node the sync is not assigned to (a run the coordinator does not know
+        // of) holds nothing; nor does a dead node's.
+        let elsewhere = BTreeMap::from([(busy.clone(), "node-1".to_string())]);
+        let moved_on = plan(&all, &drained, &assigned(&after), &elsewhere);
+        assert_ne!(moved_on[&busy], "node-1");
+        let gone: Vec<NodeWeight> = ns
+            .iter()
+            .filter(|n| n.node_id != "node-1")
+            .cloned()
+            .collect();
+        assert_ne!(plan(&all, &gone, &current, &running)[&busy], "node-1");
     }
 }
