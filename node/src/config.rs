@@ -37,6 +37,8 @@ pub struct NodeSettings {
     pub max_in_flight: usize,
     /// The destination is Ferry's bundled receiver: its extensions (event deletes) may be used.
     pub receiver_extensions: bool,
+    /// Runs at once on this node (its run slots); syncs due beyond that wait for a slot.
+    pub max_runs: usize,
 }
 
 impl Default for NodeSettings {
@@ -48,6 +50,7 @@ impl Default for NodeSettings {
             shards: 4,
             max_in_flight: 10,
             receiver_extensions: false,
+            max_runs: ferry_coordinator::run_manager::DEFAULT_MAX_RUNS,
         }
     }
 }
@@ -192,6 +195,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sync.schedule_timezone"), "{err}");
+    }
+
+    #[test]
+    fn run_slots_come_from_the_node_section() {
+        let cfg: NodeConfig = toml::from_str("[node]\nmax_runs = 2\n").unwrap();
+        assert_eq!(cfg.node.max_runs, 2);
+        let default: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(default.node.max_runs, 4);
     }
 
     #[test]

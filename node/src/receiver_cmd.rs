@@ -46,6 +46,10 @@ pub struct ReceiverArgs {
     /// Share of requests answered 503.
     #[arg(long)]
     fault_503: Option<f64>,
+    /// Answer every request this many milliseconds late, as a destination across the
+    /// internet would (the slow fault for every request; not with --fault-slow or --slow-ms).
+    #[arg(long = "latency-ms", conflicts_with_all = ["fault_slow", "slow_ms"])]
+    latency_ms: Option<u64>,
     /// Share of requests answered late (after --slow-ms).
     #[arg(long)]
     fault_slow: Option<f64>,
@@ -175,6 +179,10 @@ impl ReceiverArgs {
         if let Some(ms) = self.timeout_ms {
             f.timeout_ms = ms;
         }
+        if let Some(ms) = self.latency_ms {
+            f.slow = 1.0;
+            f.slow_ms = ms;
+        }
         Ok(cfg)
     }
 }
@@ -210,4 +218,34 @@ async fn terminate() {
 #[cfg(not(unix))]
 async fn terminate() {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        receiver: ReceiverArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<ReceiverConfig> {
+        let cli = Cli::try_parse_from(std::iter::once("receiver").chain(args.iter().copied()))?;
+        cli.receiver.into_config()
+    }
+
+    #[test]
+    fn latency_delays_every_request() {
+        let cfg = config(&["--latency-ms", "100"]).unwrap();
+        assert_eq!((cfg.faults.slow, cfg.faults.slow_ms), (1.0, 100));
+        let none = config(&[]).unwrap();
+        assert_eq!(none.faults.slow, 0.0);
+        for other in [["--fault-slow", "0.5"], ["--slow-ms", "5"]] {
+            let args = ["--latency-ms", "100", other[0], other[1]];
+            assert!(config(&args).is_err(), "{args:?} accepted");
+        }
+    }
 }

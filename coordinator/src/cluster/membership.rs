@@ -22,6 +22,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::connection::store_error;
 use super::keys;
+use crate::run_manager::SlotUse;
 use crate::store::StoreError;
 
 /// Whether this node may act as a member of the cluster.
@@ -51,8 +52,11 @@ pub struct NodeRecord {
     pub address: String,
     /// Relative weight for placement (e.g. how many syncs it can run at once); 0 takes none.
     pub capacity: u32,
-    /// How many syncs it runs now.
+    /// How many syncs it runs now (each in one of its run slots).
     pub load: u32,
+    /// How many triggered runs wait for one of its run slots.
+    #[serde(default)]
+    pub waiting: u32,
     pub lease: i64,
     pub registered_at: DateTime<Utc>,
 }
@@ -101,10 +105,27 @@ impl MembershipSettings {
     }
 }
 
+/// What a node reports as its load: runs going and runs waiting for a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    pub running: u32,
+    pub waiting: u32,
+}
+
+impl From<SlotUse> for NodeLoad {
+    fn from(used: SlotUse) -> Self {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            running: count(used.running),
+            waiting: count(used.waiting),
+        }
+    }
+}
+
 /// This node's membership: a background task holding the lease.
 pub struct Membership {
     liveness: watch::Receiver<Liveness>,
-    load: watch::Sender<u32>,
+    load: watch::Sender<NodeLoad>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -115,7 +136,7 @@ impl Membership {
     pub fn start(client: Client, settings: MembershipSettings) -> Result<Self, StoreError> {
         settings.validate()?;
         let (liveness_tx, liveness) = watch::channel(Liveness::Lost);
-        let (load, load_rx) = watch::channel(0u32);
+        let (load, load_rx) = watch::channel(NodeLoad::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let holder = LeaseHolder {
             client: client.clone(),
@@ -149,9 +170,25 @@ impl Membership {
         live.lease()
     }
 
-    /// Publishes how many syncs this node runs (in its node record).
-    pub fn set_load(&self, load: u32) {
+    /// Publishes how many syncs this node runs and how many wait (in its node record).
+    pub fn set_load(&self, load: NodeLoad) {
         self.load.send_replace(load);
+    }
+
+    /// Publishes the run manager's slot use as it changes, until either side goes away.
+    pub fn follow_load(&self, mut slots: watch::Receiver<SlotUse>) {
+        let load = self.load.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = NodeLoad::from(*slots.borrow_and_update());
+                if load.send(now).is_err() {
+                    return;
+                }
+                if slots.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Leaves the cluster: stops renewing and revokes the lease, so the node's record and
@@ -196,7 +233,7 @@ struct LeaseHolder {
     client: Client,
     settings: MembershipSettings,
     liveness: watch::Sender<Liveness>,
-    load: watch::Receiver<u32>,
+    load: watch::Receiver<NodeLoad>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -283,7 +320,8 @@ impl LeaseHolder {
             node_id: self.settings.node_id.clone(),
             address: self.settings.address.clone(),
             capacity: self.settings.capacity,
-            load: *self.load.borrow(),
+            load: self.load.borrow().running,
+            waiting: self.load.borrow().waiting,
             lease,
             registered_at: Utc::now(),
         };
@@ -381,7 +419,7 @@ async fn publish_load(
     mut client: Client,
     settings: MembershipSettings,
     mut liveness: watch::Receiver<Liveness>,
-    mut load: watch::Receiver<u32>,
+    mut load: watch::Receiver<NodeLoad>,
 ) {
     loop {
         tokio::select! {
@@ -401,8 +439,12 @@ async fn publish_load(
             Err(_) => None,
         };
         match record {
-            Some(mut record) if record.lease == lease && record.load != current => {
-                record.load = current;
+            Some(mut record)
+                if record.lease == lease
+                    && (record.load, record.waiting) != (current.running, current.waiting) =>
+            {
+                record.load = current.running;
+                record.waiting = current.waiting;
                 if let Err(e) = put_record(&mut client, &record).await {
                     tracing::debug!(error = %e, "node load not published; the next change retries");
                 }
@@ -461,16 +503,20 @@ mod tests {
             ("127.0.0.1:711", 4, lease, 0)
         );
 
-        member.set_load(3);
-        let mut load = 0;
+        member.set_load(NodeLoad {
+            running: 3,
+            waiting: 2,
+        });
+        let mut load = (0, 0);
         for _ in 0..50 {
-            load = record_of(&client, "11").await.unwrap().load;
-            if load == 3 {
+            let record = record_of(&client, "11").await.unwrap();
+            load = (record.load, record.waiting);
+            if load == (3, 2) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(load, 3);
+        assert_eq!(load, (3, 2));
 
         member.leave().await;
         assert_eq!(

@@ -113,6 +113,7 @@ impl ClusterNode {
             node_id: node_id.clone(),
         });
         let server = start(config, state, catalog.clone()).await?;
+        membership.follow_load(server.run_manager().slot_use());
         let election = Election::start(
             settings.etcd.connect_for_waiting().await?,
             node_id.clone(),
