@@ -5,13 +5,14 @@
 //! is printed), and the receiver ends exact. Every process is killed when the test ends.
 
 mod cli_common;
+mod cluster_common;
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use cli_common::{free_port, write, KillOnDrop, OPERATOR_TOKEN, SECRET_KEY};
+use cli_common::{write, KillOnDrop, OPERATOR_TOKEN, SECRET_KEY};
+use cluster_common::{ClusterProcess, LEASE_TTL_SECS};
 use ferry_coordinator::cluster::assigner::all_assignments;
 use ferry_coordinator::cluster::connection::EtcdSettings;
 use ferry_coordinator::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
@@ -23,82 +24,6 @@ use ferry_tests::require_tool;
 use serde_json::Value;
 
 const ROWS: u64 = 40_000;
-const LEASE_TTL_SECS: u64 = 3;
-const OP: Option<&str> = Some(OPERATOR_TOKEN);
-
-/// One `ferry node` process of the cluster.
-struct ClusterProcess {
-    id: String,
-    endpoint: String,
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl ClusterProcess {
-    fn start(id: &str, etcd: &str, config: &str, dir: &std::path::Path) -> Self {
-        let port = free_port();
-        let log = dir.join(format!("{id}.log"));
-        let child = cli_common::ferry()
-            .args(["node", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--etcd", etcd, "--node-id", id])
-            .args(["--lease-ttl", &LEASE_TTL_SECS.to_string()])
-            .args(["--config", config])
-            .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
-            .env("FERRY_SECRET_KEY", SECRET_KEY)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("ferry node starts");
-        let mut node = ClusterProcess {
-            id: id.into(),
-            endpoint: format!("http://127.0.0.1:{port}"),
-            child,
-            log,
-        };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = node.child.try_wait().unwrap() {
-                panic!("{id} exited ({status}): {}", node.log());
-            }
-            if node.cli(&["tenants", "list", "-o", "json"]).code == 0 {
-                return node;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{id} did not answer: {}",
-                node.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> cli_common::Run {
-        cli_common::run(cli_common::ferry_for(&self.endpoint, OP).args(args))
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.cli(&[args, &["-o", "json"]].concat());
-        assert_eq!(
-            out.code,
-            0,
-            "ferry {args:?}: {}\n{}",
-            out.stderr,
-            self.log()
-        );
-        serde_json::from_str(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for ClusterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn event_count(url: &str) -> u64 {
     let state: Value =

@@ -61,6 +61,26 @@ pub fn others_demand<'a>(
     others
 }
 
+/// Every node's published runs per budgeted tenant, as `(tenant, node) → runs`.
+pub async fn published_demand(
+    client: &Client,
+) -> Result<std::collections::BTreeMap<(String, String), u32>, StoreError> {
+    let read = client
+        .clone()
+        .get(BUDGET, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| store_error("reading the cluster's send demand", e))?;
+    Ok(read
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let (tenant, node) = parse_budget_key(kv.key_str().ok()?)?;
+            let runs = kv.value_str().ok()?.trim().parse().ok()?;
+            Some(((tenant.to_owned(), node.to_owned()), runs))
+        })
+        .collect())
+}
+
 /// How often a node with budgeted runs re-reads the other nodes' demand.
 pub const REFRESH: Duration = Duration::from_millis(250);
 

@@ -1,0 +1,90 @@
+//! Shared by the cluster tests: `ferry node --listen --etcd` processes on loopback, each
+//! killed when dropped.
+#![allow(dead_code)]
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cli_common::{self, free_port, OPERATOR_TOKEN, SECRET_KEY};
+
+pub const LEASE_TTL_SECS: u64 = 3;
+/// Every node of a test cluster holds it: the links between nodes carry it.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
+const OP: Option<&str> = Some(OPERATOR_TOKEN);
+
+/// One `ferry node` process of the cluster.
+pub struct ClusterProcess {
+    pub id: String,
+    pub endpoint: String,
+    pub child: Child,
+    log: std::path::PathBuf,
+}
+
+impl ClusterProcess {
+    pub fn start(id: &str, etcd: &str, config: &str, dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("{id}.log"));
+        let child = cli_common::ferry()
+            .args(["node", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--etcd", etcd, "--node-id", id])
+            .args(["--lease-ttl", &LEASE_TTL_SECS.to_string()])
+            .args(["--config", config])
+            .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", SECRET_KEY)
+            .env("FERRY_CLUSTER_SECRET", CLUSTER_SECRET)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("ferry node starts");
+        let mut node = ClusterProcess {
+            id: id.into(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = node.child.try_wait().unwrap() {
+                panic!("{id} exited ({status}): {}", node.log());
+            }
+            if node.cli(&["tenants", "list", "-o", "json"]).code == 0 {
+                return node;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{id} did not answer: {}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> cli_common::Run {
+        cli_common::run(cli_common::ferry_for(&self.endpoint, OP).args(args))
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(&[args, &["-o", "json"]].concat());
+        assert_eq!(
+            out.code,
+            0,
+            "ferry {args:?}: {}\n{}",
+            out.stderr,
+            self.log()
+        );
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for ClusterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
