@@ -57,10 +57,12 @@ pub struct NodeArgs {
     /// half of that stops its syncs, and its syncs move after it expires.
     #[arg(long = "lease-ttl", env = "FERRY_LEASE_TTL", default_value_t = 10)]
     lease_ttl: u64,
-    /// How many syncs run at once on this node (overrides node.max_runs; default 4). Syncs due
-    /// or triggered beyond that wait for a slot, in order.
-    #[arg(long = "max-runs", env = "FERRY_MAX_RUNS")]
-    max_runs: Option<usize>,
+    /// With --etcd: while the node drains (SIGTERM, or `ferry nodes drain`), how long its runs
+    /// may still take before they are cancelled (each resumes elsewhere from its last commit):
+    /// seconds, or with a unit (90s, 10m). Keep it below Kubernetes'
+    /// terminationGracePeriodSeconds.
+    #[arg(long = "drain-timeout", env = "FERRY_DRAIN_TIMEOUT", default_value = "10m", value_parser = crate::serve::parse_drain_timeout)]
+    drain_timeout: Duration,
     /// Directory of the embedded state store (default: node.data_dir, else ./ferry-data).
     #[arg(long = "data", env = "FERRY_DATA")]
     data: Option<PathBuf>,
@@ -85,10 +87,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
     };
     let config_path = config;
-    let mut cfg = NodeConfig::load(&config_path)?;
-    if let Some(max_runs) = args.max_runs {
-        cfg.node.max_runs = max_runs;
-    }
+    let cfg = NodeConfig::load(&config_path)?;
     let mut jobs = cfg.jobs(&config_path)?;
     if !args.only.is_empty() {
         for id in &args.only {
@@ -133,13 +132,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             config_path.display()
         );
     }
-    // The node's run slots: a due sync waits for a permit (first come, first served).
-    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.node.max_runs.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for job in scheduled {
         let runner = Arc::clone(&runner);
         let notifier = notifier.clone();
-        let slots = Arc::clone(&slots);
         tasks.spawn(async move {
             // The next time is computed from the last run's start (from the run history
             // after a restart), so ticks missed while a run was still going, or while the node
@@ -155,9 +151,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(wait).await;
                 // max: the monotonic timer may wake a hair before the wall clock reaches `due`.
                 next = job.schedule.next_after(Utc::now().max(due));
-                let Ok(_slot) = slots.acquire().await else {
-                    break;
-                };
                 match runner
                     .run(&job.tenant, &job.source, &job.sync, Default::default())
                     .await
@@ -233,9 +226,6 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
     if let Some(id) = &args.node_id {
         settings.id = id.clone();
     }
-    if let Some(max_runs) = args.max_runs {
-        settings.max_runs = max_runs;
-    }
     if args.etcd.is_empty() && (args.node_id.is_some() || args.capacity != 1) {
         bail!("--node-id and --capacity are for a cluster node: give --etcd too");
     }
@@ -243,6 +233,7 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
         etcd: args.etcd.clone(),
         capacity: args.capacity,
         lease_ttl: Duration::from_secs(args.lease_ttl),
+        drain_timeout: args.drain_timeout,
     });
     let data_dir = args
         .data

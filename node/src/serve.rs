@@ -44,6 +44,8 @@ pub struct ClusterOptions {
     pub etcd: Vec<String>,
     pub capacity: u32,
     pub lease_ttl: Duration,
+    /// How long a draining node's runs may still take.
+    pub drain_timeout: Duration,
 }
 
 /// The operator token: the file if one is named, else the environment.
@@ -80,7 +82,6 @@ pub async fn run(settings: &NodeSettings, options: ServeOptions) -> anyhow::Resu
     let store = Arc::new(store);
     let mut config = ServerConfig::new(options.listen, token, secrets);
     config.runner = runner_settings(settings);
-    config.max_runs = settings.max_runs.max(1);
     config.trigger_limit = options.trigger_limit;
     config.admin = AdminSettings {
         public_base_url: options.public_url,
@@ -115,7 +116,6 @@ async fn run_cluster_node(
 ) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(options.listen, token, secrets);
     config.runner = runner_settings(settings);
-    config.max_runs = settings.max_runs.max(1);
     config.trigger_limit = options.trigger_limit;
     config.admin = AdminSettings {
         public_base_url: options.public_url.clone(),
@@ -127,8 +127,9 @@ async fn run_cluster_node(
         .unwrap_or_else(|| options.listen.to_string());
     let mut membership = MembershipSettings::new(&settings.id, address, cluster.capacity);
     membership.ttl = cluster.lease_ttl;
-    let cluster_settings =
+    let mut cluster_settings =
         ClusterSettings::new(EtcdSettings::new(cluster.etcd.iter().cloned()), membership);
+    cluster_settings.drain_timeout = cluster.drain_timeout;
     tracing::info!(
         node = %settings.id,
         etcd = %cluster.etcd.join(","),
@@ -137,7 +138,25 @@ async fn run_cluster_node(
     );
     let node = ClusterNode::start(cluster_settings, config).await?;
     println!("ferry node: admin API listening on {}", node.addr());
-    wait_for_stop().await;
+    // SIGTERM (a Kubernetes rolling update) drains the node: it takes no more syncs, lets its
+    // runs end (until --drain-timeout), then leaves. A second signal stops at once. A drain
+    // asked through the API (`ferry nodes drain`) ends the same way.
+    tokio::select! {
+        outcome = node.drained() => {
+            tracing::info!(?outcome, "drained: leaving the cluster");
+        }
+        _ = wait_for_stop() => {
+            tracing::info!(timeout = ?cluster.drain_timeout, "stop signal: draining (a second signal stops at once)");
+            if let Err(e) = node.drain("SIGTERM").await {
+                tracing::error!(error = %e, "the drain could not be recorded; stopping at once");
+            } else {
+                tokio::select! {
+                    outcome = node.drained() => tracing::info!(?outcome, "drained: leaving the cluster"),
+                    _ = wait_for_stop() => tracing::warn!("second stop signal: stopping at once"),
+                }
+            }
+        }
+    }
     tracing::info!("stopping: cancelling running runs, leaving the cluster");
     node.stop().await?;
     tracing::info!("stopped");
@@ -161,6 +180,22 @@ async fn wait_for_stop() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `600`, `90s`, `10m`, `1h`: how long a draining node waits for its runs.
+pub fn parse_drain_timeout(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let hint = || format!("'{text}' is not a drain timeout: give seconds, or e.g. 90s, 10m, 1h");
+    let n: u64 = n.parse().map_err(|_| hint())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(hint()),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 /// `5/1h`, `10/30m`, `3/90s`: triggers allowed per sync in a sliding window.
@@ -199,6 +234,15 @@ pub fn parse_trigger_limit(text: &str) -> Result<TriggerLimit, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drain_timeouts() {
+        assert_eq!(parse_drain_timeout("600"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_drain_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_drain_timeout("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_drain_timeout("10y").is_err());
+        assert!(parse_drain_timeout("").is_err());
+    }
 
     #[test]
     fn trigger_limits() {

@@ -110,9 +110,9 @@ impl ClusterApi {
                 started_at,
             } => self.embedded(node_id, address, started_at).await?,
             #[cfg(feature = "etcd")]
-            ClusterInfo::Etcd { client, .. } => etcd_snapshot(client)
-                .await
-                .map_err(|e| errors::store(&e))?,
+            ClusterInfo::Etcd { client, .. } => {
+                etcd_snapshot(client).await.map_err(|e| errors::store(&e))?
+            }
         };
         snapshot.count();
         Ok(snapshot)
@@ -175,9 +175,7 @@ async fn etcd_snapshot(client: &etcd_client::Client) -> Result<Snapshot, crate::
             Ok(resp) => resp.ttl(),
             Err(_) => -1,
         };
-        let drain = drains
-            .get(&record.node_id)
-            .filter(|d| d.applies_to(record));
+        let drain = drains.get(&record.node_id).filter(|d| d.applies_to(record));
         nodes.push(pb::Node {
             id: record.node_id.clone(),
             address: record.address.clone(),

@@ -193,9 +193,9 @@ pub async fn start(
             started_at: chrono::Utc::now(),
         });
     let cluster_api = super::cluster::ClusterApi::new(admin.clone(), cluster);
-    let mut api = routes(admin)
-        .await?
-        .add_service(ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api));
+    let mut api = routes(admin).await?.add_service(
+        ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api),
+    );
     let mut merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
     if let Some(peers) = config.peer_routes.clone() {
         merged = merged.merge(peers.into_axum_router());

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_proto::admin::v1::{
-    runs_client::RunsClient, sources_client::SourcesClient, syncs_client::SyncsClient,
-    tenants_client::TenantsClient,
+    cluster_client::ClusterClient, runs_client::RunsClient, sources_client::SourcesClient,
+    syncs_client::SyncsClient, tenants_client::TenantsClient,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -133,5 +133,9 @@ impl Client {
 
     pub fn runs(&self) -> RunsClient<Channel> {
         RunsClient::new(self.channel.clone())
+    }
+
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone())
     }
 }

@@ -9,6 +9,7 @@ mod client;
 mod error;
 mod input;
 mod json;
+mod nodes;
 mod output;
 mod runs;
 mod sources;
@@ -47,6 +48,11 @@ pub enum AdminCommand {
     Syncs(Group<syncs::SyncsCommand>),
     /// Runs of a sync: list, get, per-row errors, cancel, follow with a progress bar.
     Runs(Group<runs::RunsCommand>),
+    /// The cluster's nodes (operator token): list with their load, get one with its syncs,
+    /// drain one (it exits once empty).
+    Nodes(Group<nodes::NodesCommand>),
+    /// Where each sync is placed in the cluster (operator token).
+    Assignments(Group<nodes::AssignmentsCommand>),
 }
 
 #[derive(Args)]
@@ -147,6 +153,8 @@ pub async fn run(command: AdminCommand) -> Result<(), CliError> {
         AdminCommand::Sources(g) => sources::run(&g.conn, g.command).await,
         AdminCommand::Syncs(g) => syncs::run(&g.conn, g.command).await,
         AdminCommand::Runs(g) => runs::run(&g.conn, g.command).await,
+        AdminCommand::Nodes(g) => nodes::run_nodes(&g.conn, g.command).await,
+        AdminCommand::Assignments(g) => nodes::run_assignments(&g.conn, g.command).await,
     }
 }
 
