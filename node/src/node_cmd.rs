@@ -57,6 +57,11 @@ pub struct NodeArgs {
     /// half of that stops its syncs, and its syncs move after it expires.
     #[arg(long = "lease-ttl", env = "FERRY_LEASE_TTL", default_value_t = 10)]
     lease_ttl: u64,
+    /// With --etcd: a file holding the cluster's shared secret (e.g. a mounted Kubernetes
+    /// Secret), instead of FERRY_CLUSTER_SECRET. Every node needs the same one: the links
+    /// between nodes carry it. At least 16 characters (e.g. the output of `ferry secret-key`).
+    #[arg(long = "cluster-secret-file", env = "FERRY_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
     /// With --etcd: while the node drains (SIGTERM, or `ferry nodes drain`), how long its runs
     /// may still take before they are cancelled (each resumes elsewhere from its last commit):
     /// seconds, or with a unit (90s, 10m). Keep it below Kubernetes'
@@ -204,6 +209,31 @@ async fn notify(notifier: &Notifier, runner: &SyncRunner, job: &Job, run: &RunRe
     notifier.run_finished(&job.tenant, &job.sync, run, &recent);
 }
 
+pub const CLUSTER_SECRET_ENV: &str = "FERRY_CLUSTER_SECRET";
+
+/// The cluster's shared secret: the file if one is named, else the environment. A cluster
+/// node refuses to start without it.
+fn cluster_secret(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<ferry_coordinator::cluster::link::ClusterSecret> {
+    use anyhow::Context;
+    let text = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the cluster secret from {}", path.display()))?,
+        None => std::env::var(CLUSTER_SECRET_ENV).unwrap_or_default(),
+    };
+    if text.trim().is_empty() {
+        bail!(
+            "a cluster node needs the cluster's shared secret: set {CLUSTER_SECRET_ENV} or give --cluster-secret-file (the same on every node; e.g. the output of `ferry secret-key`)"
+        );
+    }
+    let what = match file {
+        Some(path) => format!("the cluster secret in {}", path.display()),
+        None => CLUSTER_SECRET_ENV.to_string(),
+    };
+    ferry_coordinator::cluster::link::ClusterSecret::new(&text).with_context(|| what)
+}
+
 /// `--listen`: the admin API. A config file, if given, may only hold [node] settings.
 async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     if args.once || !args.only.is_empty() {
@@ -229,7 +259,16 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
     if args.etcd.is_empty() && (args.node_id.is_some() || args.capacity != 1) {
         bail!("--node-id and --capacity are for a cluster node: give --etcd too");
     }
-    let cluster = (!args.etcd.is_empty()).then(|| crate::serve::ClusterOptions {
+    let secret = if args.etcd.is_empty() {
+        if args.cluster_secret_file.is_some() {
+            bail!("--cluster-secret-file is for a cluster node: give --etcd too");
+        }
+        None
+    } else {
+        Some(cluster_secret(args.cluster_secret_file.as_deref())?)
+    };
+    let cluster = secret.map(|secret| crate::serve::ClusterOptions {
+        secret,
         etcd: args.etcd.clone(),
         capacity: args.capacity,
         lease_ttl: Duration::from_secs(args.lease_ttl),

@@ -41,6 +41,8 @@ pub struct ServeOptions {
 
 /// `--etcd` and its companions.
 pub struct ClusterOptions {
+    /// The cluster's shared secret, carried by the links between nodes.
+    pub secret: ferry_coordinator::cluster::link::ClusterSecret,
     pub etcd: Vec<String>,
     pub capacity: u32,
     pub lease_ttl: Duration,
@@ -130,6 +132,7 @@ async fn run_cluster_node(
     let mut cluster_settings =
         ClusterSettings::new(EtcdSettings::new(cluster.etcd.iter().cloned()), membership);
     cluster_settings.drain_timeout = cluster.drain_timeout;
+    cluster_settings.secret = Some(cluster.secret.clone());
     tracing::info!(
         node = %settings.id,
         etcd = %cluster.etcd.join(","),

@@ -44,6 +44,9 @@ pub struct AdminSettings {
     /// How long a warehouse call made while serving a request (a connection test, listing
     /// tables, a preview) may take before the request fails.
     pub warehouse_timeout: Duration,
+    /// In a cluster: the other nodes, asked for runs that are not this node's (so the API
+    /// answers the same from any node). None: one node alone.
+    pub peers: Option<crate::cluster::link::Peers>,
 }
 
 impl Default for AdminSettings {
@@ -51,6 +54,7 @@ impl Default for AdminSettings {
         Self {
             public_base_url: None,
             warehouse_timeout: Duration::from_secs(30),
+            peers: None,
         }
     }
 }

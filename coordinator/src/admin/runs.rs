@@ -1,5 +1,7 @@
 //! `Runs`: history from the state store, live counters from the run manager, cancellation,
-//! and a stream of a run's progress for followers.
+//! and a stream of a run's progress for followers. In a cluster, a run on another node is
+//! shown with that node's live counters and cancelled there, asked through its agent
+//! ([`crate::cluster::link`]), so every node answers the same.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::run_pb;
 use super::{errors, sync_id, Admin};
+use crate::cluster::link::messages::LiveRun;
+use crate::cluster::link::Peers;
 use crate::records::{RunRecord, SyncId};
 use crate::run_manager::{eta_seconds, RunRates};
 
@@ -36,6 +40,32 @@ impl Admin {
             .get_run(id, run_id)
             .await
             .map_err(|e| errors::store(&e))?;
+        let elsewhere = match (&active, &stored) {
+            (None, Some(s)) if s.state.is_terminal() => None,
+            (None, _) => self.live_elsewhere(id, run_id).await,
+            (Some(_), _) => None,
+        };
+        if let Some((node, live)) = elsewhere {
+            let mut record = match stored {
+                Some(mut stored) => {
+                    stored.counts = live.record.counts;
+                    stored
+                }
+                None => live.record.clone(),
+            };
+            if record.state.is_terminal() {
+                // Ended between the two reads: the stored record is the truth.
+                record = live.record.clone();
+            }
+            let mut run = self.run_shown(&record, include_errors);
+            run.trigger = live.reason.clone();
+            if let Some(progress) = run.progress.as_mut() {
+                progress.rows_total = live.rows_total;
+                progress.eta_seconds = live.eta_seconds;
+            }
+            tracing::trace!(sync = %id, run = %run_id, %node, "run shown from its node");
+            return Ok(run);
+        }
         let record: RunRecord = match (&active, stored) {
             (Some(active), Some(mut stored)) if !stored.state.is_terminal() => {
                 stored.counts = active.snapshot().counts;
@@ -86,6 +116,42 @@ impl Admin {
             });
         }
         run
+    }
+
+    /// The nodes that may hold a run of `id` that is not here: the one holding its claim, and
+    /// the one it is assigned to (a run just started there may not hold the claim yet).
+    async fn other_nodes_of(&self, id: &SyncId) -> Vec<String> {
+        let Some(Peers(peers)) = &self.settings.peers else {
+            return Vec::new();
+        };
+        let mut nodes = Vec::new();
+        if let Ok(Some(owner)) = self.store.current_owner(id).await {
+            nodes.push(owner.node_id);
+        }
+        if let Ok(Some(assigned)) = peers.assigned_node(id).await {
+            nodes.push(assigned);
+        }
+        nodes.dedup();
+        nodes.retain(|n| n != peers.node_id());
+        nodes
+    }
+
+    /// A run of `id` live on another node, with that node (None: not running elsewhere, or
+    /// no other node answers — the stored record is shown then).
+    async fn live_elsewhere(&self, id: &SyncId, run_id: &str) -> Option<(String, LiveRun)> {
+        let Some(Peers(peers)) = &self.settings.peers else {
+            return None;
+        };
+        for node in self.other_nodes_of(id).await {
+            match peers.live_run(&node, id, run_id).await {
+                Ok(Some(live)) => return Some((node, live)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(sync = %id, run = %run_id, %node, error = %e, "live progress not read from the run's node")
+                }
+            }
+        }
+        None
     }
 
     async fn sync_exists(&self, id: &SyncId) -> Result<(), Status> {
@@ -175,6 +241,15 @@ impl Runs for RunsApi {
         let id = sync_id(&tenant, &req.sync)?;
         let finished = admin.runs.finished(&id, &req.run_id);
         if admin.runs.cancel(&id, &req.run_id).is_err() {
+            let elsewhere = admin.live_elsewhere(&id, &req.run_id).await;
+            if let (Some(Peers(peers)), Some((node, _))) = (&admin.settings.peers, elsewhere) {
+                // The run's own node cancels it and waits for its end.
+                peers.cancel_run(&node, &id, &req.run_id).await?;
+                tracing::info!(sync = %id, run = %req.run_id, %node, "run cancelled on its node");
+                return Ok(Response::new(
+                    admin.current_run(&id, &req.run_id, false).await?,
+                ));
+            }
             // Not running here: finished, unknown, or (in a cluster) on another node.
             let run = admin.current_run(&id, &req.run_id, false).await?;
             return Err(if terminal(&run) {

@@ -40,9 +40,9 @@ pub struct ServerConfig {
     pub cluster: Option<super::cluster::ClusterInfo>,
     /// How many runs go at once on this node; further triggers wait for a slot.
     pub max_runs: usize,
-    /// More gRPC services on the same port: a cluster node's links to its peers
+    /// Adds more gRPC services on the same port: a cluster node's links to its peers
     /// ([`crate::cluster::link`]).
-    pub peer_routes: Option<tonic::service::Routes>,
+    pub peer_services: Option<Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>>,
 }
 
 impl ServerConfig {
@@ -60,7 +60,7 @@ impl ServerConfig {
             schedule_catalog: true,
             cluster: None,
             max_runs: crate::run_manager::DEFAULT_MAX_RUNS,
-            peer_routes: None,
+            peer_services: None,
         }
     }
 }
@@ -132,7 +132,7 @@ impl RunningServer {
 /// Starts serving: opens the listener, schedules every stored sync, and returns once the port
 /// accepts connections.
 pub async fn start(
-    config: ServerConfig,
+    mut config: ServerConfig,
     store: Arc<dyn StateStore>,
     catalog: Arc<dyn Catalog>,
 ) -> Result<RunningServer, ServeError> {
@@ -196,10 +196,10 @@ pub async fn start(
     let mut api = routes(admin).await?.add_service(
         ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api),
     );
-    let mut merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
-    if let Some(peers) = config.peer_routes.clone() {
-        merged = merged.merge(peers.into_axum_router());
+    if let Some(add) = config.peer_services.take() {
+        api = add(api);
     }
+    let merged = std::mem::take(api.axum_router_mut()).merge(http_trigger);
     *api.axum_router_mut() = merged;
 
     let listener = tokio::net::TcpListener::bind(config.listen)

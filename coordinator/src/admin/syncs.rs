@@ -14,6 +14,7 @@ use super::convert::{sync_json, sync_pb, time};
 use super::specs::{prepare, redacted_spec, sync_object, SYNC_SECRETS};
 use super::{errors, expected_version, parse, sync_id, Admin};
 use crate::catalog::{Stored, SyncRecord};
+use crate::cluster::link::Peers;
 use crate::records::SyncId;
 use crate::schedule::TriggerReason;
 use crate::secrets::Plain;
@@ -347,6 +348,15 @@ impl Syncs for SyncsApi {
         let (who, req) = admin.caller(request).await?;
         let tenant = who.tenant_scope(&req.tenant)?;
         let id = sync_id(&tenant, &req.id)?;
+        // In a cluster the sync runs where the coordinator assigned it: that node's agent
+        // starts it (UNAVAILABLE, naming the node, when it cannot be reached).
+        if let Some(Peers(peers)) = &admin.settings.peers {
+            if let Some(node) = peers.assigned_node(&id).await? {
+                let run_id = peers.start_run(&node, &id, TriggerReason::Api).await?;
+                tracing::info!(sync = %id, run = %run_id, %node, "sync triggered on its node");
+                return Ok(Response::new(pb::TriggerSyncResponse { run_id }));
+            }
+        }
         let run_id = admin
             .runs
             .start_run(&id, TriggerReason::Api)

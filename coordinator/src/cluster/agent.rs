@@ -1,7 +1,8 @@
 //! A node's agent in the cluster: it runs what the coordinator assigned to this node, and
 //! nothing once the node's lease is lost.
 //!
-//! - It follows `/ferry/v1/assignments/<node>/` (re-read every `poll`) and keeps the node's
+//! - It follows `/ferry/v1/assignments/<node>/` (re-read every `poll`, and at once when the
+//!   coordinator says so over the node's link: [`NodeAgent::reconcile_handle`]) and keeps the node's
 //!   [`Scheduler`] holding exactly the assigned syncs, with their schedule and paused state
 //!   from the catalog (re-read when a sync's version changes).
 //! - A sync assigned here whose newest run never finished and that nobody owns (its owner died

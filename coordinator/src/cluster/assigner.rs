@@ -222,8 +222,21 @@ pub async fn run(
     client: Client,
     catalog: Arc<dyn Catalog>,
     coordinator: String,
+    role: watch::Receiver<Role>,
+    tick: Duration,
+) {
+    run_telling(client, catalog, coordinator, role, tick, |_| {}).await
+}
+
+/// [`run`], telling `written` each change once it is in etcd (a cluster node tells the
+/// affected nodes' agents over their links, so they act now instead of at their next poll).
+pub async fn run_telling(
+    client: Client,
+    catalog: Arc<dyn Catalog>,
+    coordinator: String,
     mut role: watch::Receiver<Role>,
     tick: Duration,
+    written: impl Fn(&Changes) + Send + 'static,
 ) {
     loop {
         let leading = match &*role.borrow_and_update() {
@@ -236,11 +249,14 @@ pub async fn run(
                 assign_once(&client, &coordinator, *lease, key, &syncs).await
             };
             match pass.await {
-                Ok(changes) if !changes.is_empty() => tracing::info!(
-                    added = changes.added.len(),
-                    removed = changes.removed.len(),
-                    "placement changed"
-                ),
+                Ok(changes) if !changes.is_empty() => {
+                    tracing::info!(
+                        added = changes.added.len(),
+                        removed = changes.removed.len(),
+                        "placement changed"
+                    );
+                    written(&changes);
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "placement pass failed; next tick retries"),
             }

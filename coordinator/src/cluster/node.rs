@@ -2,7 +2,8 @@
 //! store and catalog on etcd ([`EtcdStore`]), the admin API port (the same server a single
 //! node runs, with scheduling left to the agent), its candidacy for coordinator ([`Election`])
 //! with the placement loop ([`assigner::run`]), and the agent running what is assigned here
-//! ([`NodeAgent`]). `ferry node --listen ADDR --etcd URL,...` starts this.
+//! ([`NodeAgent`]), fronted by its remotable agent and linked to its peers over the same port
+//! ([`super::link`]). `ferry node --listen ADDR --etcd URL,...` starts this.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use super::connection::EtcdSettings;
 use super::drain::{self, DrainRecord, Drained};
 use super::election::{Election, Role};
 use super::etcd_store::{EtcdStore, EtcdStoreSettings};
+use super::link::actor::AgentState;
+use super::link::{ClusterSecret, LinkError, NodeLinks, Peers, RemoteAgents};
 use super::membership::{Liveness, Membership, MembershipSettings};
 use crate::admin::server::{start, RunningServer, ServeError, ServerConfig};
 use crate::catalog::Catalog;
@@ -36,6 +39,10 @@ pub struct ClusterSettings {
     /// While draining, how long runs in progress may still take before they are cancelled
     /// (unless the drain request names its own).
     pub drain_timeout: Duration,
+    /// The cluster's shared secret, which links between nodes carry (required).
+    pub secret: Option<ClusterSecret>,
+    /// How often the node checks its links to its peers (dialing new or dropped ones).
+    pub link_check: Duration,
 }
 
 impl ClusterSettings {
@@ -47,6 +54,8 @@ impl ClusterSettings {
             agent_poll: Duration::from_millis(500),
             join_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(600),
+            secret: None,
+            link_check: Duration::from_secs(1),
         }
     }
 }
@@ -59,6 +68,10 @@ pub enum ClusterError {
     NotJoined { endpoints: String, waited: Duration },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("a cluster node needs the cluster's shared secret (--cluster-secret-file or FERRY_CLUSTER_SECRET): the links between nodes carry it")]
+    NoSecret,
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
 /// A running cluster node.
@@ -68,6 +81,7 @@ pub struct ClusterNode {
     election: Election,
     placement: JoinHandle<()>,
     agent: NodeAgent,
+    links: NodeLinks,
     client: etcd_client::Client,
     node_id: String,
     drain: tokio::sync::watch::Receiver<Option<DrainRecord>>,
@@ -83,6 +97,7 @@ impl ClusterNode {
         mut config: ServerConfig,
     ) -> Result<Self, ClusterError> {
         let node_id = settings.membership.node_id.clone();
+        let secret = settings.secret.clone().ok_or(ClusterError::NoSecret)?;
         let client = settings.etcd.connect().await?;
         let membership = Membership::start(client.clone(), settings.membership.clone())?;
         if membership.wait_live(settings.join_timeout).await.is_none() {
@@ -112,6 +127,11 @@ impl ClusterNode {
             client: client.clone(),
             node_id: node_id.clone(),
         });
+        let mut links = NodeLinks::start(&node_id, secret).await?;
+        let link_service = links.service();
+        config.peer_services = Some(Box::new(move |routes| routes.add_service(link_service)));
+        let agents = RemoteAgents::new(&node_id).with_assignments(client.clone());
+        config.admin.peers = Some(Peers(Arc::new(agents.clone())));
         let server = start(config, state, catalog.clone()).await?;
         membership.follow_load(server.run_manager().slot_use());
         let election = Election::start(
@@ -119,12 +139,13 @@ impl ClusterNode {
             node_id.clone(),
             membership.liveness(),
         )?;
-        let placement = tokio::spawn(assigner::run(
+        let placement = tokio::spawn(assigner::run_telling(
             client.clone(),
             catalog.clone(),
             node_id.clone(),
             election.role(),
             settings.placement_tick,
+            move |changes| agents.tell_changes(changes),
         ));
         let mut agent_settings = AgentSettings::new(node_id.clone());
         agent_settings.poll = settings.agent_poll;
@@ -142,6 +163,15 @@ impl ClusterNode {
             server.scheduler().clone(),
             membership.liveness(),
         )?;
+        links
+            .start_agent(AgentState {
+                node_id: node_id.clone(),
+                runs: server.run_manager().clone(),
+                scheduler: server.scheduler().clone(),
+                reconcile: agent.reconcile_handle(),
+            })
+            .await?;
+        links.keep_linked(client.clone(), settings.link_check);
         tracing::info!(node = %node_id, addr = %server.addr, "joined the cluster");
         Ok(Self {
             server,
@@ -149,6 +179,7 @@ impl ClusterNode {
             election,
             placement,
             agent,
+            links,
             client,
             node_id,
             drain,
@@ -201,6 +232,8 @@ impl ClusterNode {
     /// this node's syncs move at once instead of after a lease TTL.
     pub async fn stop(self) -> Result<(), ClusterError> {
         self.agent.stop().await;
+        // Before the port closes: open links would hold its graceful shutdown.
+        self.links.stop().await;
         self.drain_follower.abort();
         self.placement.abort();
         self.election.resign().await;

@@ -2,6 +2,7 @@
 //! `NodeLink` service for its port, its agent, the dialer, and [`RemoteAgents`], through which
 //! the coordinator and the admin API reach other nodes' agents.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use super::messages::{AgentMsg, Answer, LiveRun};
 use super::peers::keep_linked;
 use super::service::NodeLinkService;
 use super::{ClusterSecret, LinkError, PeerRuns};
-use crate::cluster::assigner::all_assignments;
+use crate::cluster::assigner::{all_assignments, Changes};
 use crate::records::{RunRecord, SyncId};
 use crate::schedule::TriggerReason;
 
@@ -85,13 +86,13 @@ impl NodeLinks {
     }
 
     /// The `NodeLink` service, for the node's port.
-    pub fn routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(NodeLinkServer::new(NodeLinkService {
+    pub fn service(&self) -> NodeLinkServer<NodeLinkService> {
+        NodeLinkServer::new(NodeLinkService {
             node_id: self.node_id.clone(),
             secret: self.secret.clone(),
             server: self.server.clone(),
             tasks: self.tasks.clone(),
-        }))
+        })
     }
 
     pub fn server(&self) -> &ActorRef<NodeServerMessage> {
@@ -220,6 +221,23 @@ impl RemoteAgents {
         match self.find_now(node) {
             Some(agent) => agent.cast(message).is_ok(),
             None => false,
+        }
+    }
+
+    /// Tells the nodes a placement pass changed: a node that lost a sync stops its run at
+    /// once, and every affected node re-reads its assignments. A node not linked now finds
+    /// out at its next poll.
+    pub fn tell_changes(&self, changes: &Changes) {
+        let mut nodes: BTreeSet<&str> = BTreeSet::new();
+        for (node, sync) in &changes.removed {
+            self.tell(node, AgentMsg::Stop { sync: sync.clone() });
+            nodes.insert(node);
+        }
+        nodes.extend(changes.added.iter().map(|(node, _)| node.as_str()));
+        for node in nodes {
+            if !self.tell(node, AgentMsg::Reconcile) {
+                tracing::debug!(%node, "not linked: the node sees its new assignments at its next poll");
+            }
         }
     }
 
@@ -382,7 +400,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_routes(links.routes())
+                .add_service(links.service())
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     async {

@@ -1,0 +1,255 @@
+//! Three `ferry node --listen --etcd` processes linked over their gRPC ports (a real etcd, a
+//! real PostgreSQL, the receiver): the admin API answers the same from any node. A sync
+//! triggered through node A while it is assigned to node B runs on B; A shows B's live
+//! progress (the trigger and counters only B knows); C cancels it on B. Then how soon a node
+//! starts a newly assigned sync after the coordinator wrote the assignment is measured (the
+//! coordinator tells the node over its link) and printed.
+
+mod cli_common;
+mod cluster_common;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cli_common::{write, KillOnDrop};
+use cluster_common::ClusterProcess;
+use ferry_coordinator::cluster::assigner::{all_assignments, AssignmentRecord};
+use ferry_coordinator::cluster::connection::EtcdSettings;
+use ferry_coordinator::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
+use ferry_coordinator::cluster::keys;
+use ferry_coordinator::cluster::membership::Liveness;
+use ferry_coordinator::{RunState, StateStore, SyncId};
+use ferry_tests::etcd::{etcd_available, TestEtcd};
+use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
+use ferry_tests::require_tool;
+
+const ROWS: u64 = 40_000;
+
+#[test]
+fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
+    if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = TestEtcd::start().unwrap();
+    let pg = TestPostgres::start(PgConfig::default()).unwrap();
+    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL);").unwrap();
+    pg.sql(&format!("INSERT INTO orders SELECT i, 'user-' || (i % 23), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
+    pg.sql("CREATE TABLE few (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL);").unwrap();
+    pg.sql("INSERT INTO few SELECT i, 'user-' || i, timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute' FROM generate_series(1, 5) AS i;").unwrap();
+    // Each import request is answered after 100 ms: the big run lasts a few seconds.
+    let (rx, rx_url) = common::spawn_receiver([
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.path().join("rx").to_str().unwrap(),
+        "--project",
+        "1:tok1",
+        "--service-account",
+        "sa:sa-secret",
+        "--fault-slow",
+        "1.0",
+        "--slow-ms",
+        "100",
+    ]);
+    let _rx = KillOnDrop(rx);
+    let config = write(
+        dir.path(),
+        "node.toml",
+        "[node]\npage_size = 1000\nshards = 1\nmax_in_flight = 1\nreceiver_extensions = true\n",
+    );
+    let nodes: Vec<ClusterProcess> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| ClusterProcess::start(id, &etcd.endpoint(), &config, dir.path()))
+        .collect();
+    let client = rt
+        .block_on(EtcdSettings::new(etcd.endpoints()).connect())
+        .unwrap();
+    let (_, liveness) = tokio::sync::watch::channel(Liveness::Lost);
+    let store = EtcdStore::new(client.clone(), EtcdStoreSettings::default(), liveness);
+
+    let api = &nodes[0];
+    let sa_secret = write(dir.path(), "sa-secret", "sa-secret\n");
+    api.json(&[
+        "tenants",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--project-id",
+        "1",
+        "--base-url",
+        &rx_url,
+        "--receiver-extensions",
+        "--service-account-user",
+        "sa",
+        "--service-account-secret-file",
+        &sa_secret,
+    ]);
+    let password = write(dir.path(), "pw", &format!("{}\n", pg.password));
+    api.json(&[
+        "sources",
+        "create",
+        "wh",
+        "--tenant",
+        "acme",
+        "--host",
+        &pg.host,
+        "--port",
+        &pg.port.to_string(),
+        "--database",
+        &pg.database,
+        "--user",
+        &pg.user,
+        "--password-file",
+        &password,
+        "--ssl-mode",
+        "disable",
+    ]);
+    let mapping = |table: &str| -> Vec<String> {
+        [
+            "--source",
+            "wh",
+            "--tenant",
+            "acme",
+            "--table",
+            table,
+            "--type",
+            "events",
+            "--event-name",
+            "Order Placed",
+            "--time-column",
+            "created_at",
+            "--distinct-id-column",
+            "user_id",
+            "--key-columns",
+            "id",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let create = |args: &[&str], table: &str| {
+        let mapping = mapping(table);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(mapping.iter().map(String::as_str));
+        api.json(&all);
+    };
+    create(
+        &["syncs", "create", "orders", "--mode", "one_time"],
+        "public.orders",
+    );
+
+    // Where the coordinator put it: B. A is another node, C the third.
+    let sync = SyncId::new("acme", "orders").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let b_id = loop {
+        let placed = rt.block_on(all_assignments(&client)).unwrap();
+        if let Some(node) = placed.get(&sync).and_then(|n| n.iter().next()) {
+            break node.clone();
+        }
+        assert!(Instant::now() < deadline, "orders never placed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let b = nodes.iter().find(|n| n.id == b_id).unwrap();
+    let mut others = nodes.iter().filter(|n| n.id != b_id);
+    let (a, c) = (others.next().unwrap(), others.next().unwrap());
+    println!("orders is assigned to {}; asking {} and {}", b.id, a.id, c.id);
+
+    // Triggered through A: the run starts on B.
+    let started = a.json(&["syncs", "trigger", "orders", "--tenant", "acme"]);
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let owner = loop {
+        if let Some(owner) = rt.block_on(store.current_owner(&sync)).unwrap() {
+            break owner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never claimed its sync\nA: {}\nB: {}",
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(owner.node_id, b.id, "the run is held by the sync's node");
+    assert!(
+        b.log().contains(&run_id) && !a.log().contains("run started"),
+        "B started it, A did not"
+    );
+
+    // A shows B's live run: its counters move, and it knows what only B knows (the trigger).
+    let live = loop {
+        let run = a.json(&["runs", "get", "orders", &run_id, "--tenant", "acme"]);
+        let rows = run["counts"]["rows_read"].as_u64().unwrap_or(0);
+        if run["state"] == "running" && rows > 0 {
+            break run;
+        }
+        assert!(
+            run["state"] == "running" || run["state"] == "queued",
+            "the run ended before it was seen live: {run}"
+        );
+        assert!(Instant::now() < deadline, "no live progress on A: {run}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(live["trigger"], "api", "live from B: {live}");
+    let rows_mid_run = live["counts"]["rows_read"].as_u64().unwrap();
+    assert!(rows_mid_run < ROWS, "seen mid-run: {live}");
+
+    // Cancelled through C: B stops it and records it.
+    let cancelled = c.json(&["runs", "cancel", "orders", &run_id, "--tenant", "acme"]);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let stored = rt.block_on(store.get_run(&sync, &run_id)).unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Cancelled);
+    assert!(stored.counts.rows_read < ROWS, "{:?}", stored.counts);
+    assert!(
+        b.log().contains("run cancellation requested"),
+        "cancelled on B: {}",
+        b.log()
+    );
+    let shown = a.json(&["runs", "get", "orders", &run_id, "--tenant", "acme"]);
+    assert_eq!(shown["state"], "cancelled", "{shown}");
+
+    // How soon a node starts a newly assigned sync after the coordinator wrote the
+    // assignment: each hourly sync runs as soon as its node schedules it.
+    let mut delays = Vec::new();
+    for i in 0..5 {
+        let id = format!("hourly-{i}");
+        create(
+            &["syncs", "create", &id, "--mode", "append", "--cursor-column", "id", "--schedule", "every 1h"],
+            "public.few",
+        );
+        let hourly = SyncId::new("acme", &id).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let delay = loop {
+            let runs = rt.block_on(store.list_runs(&hourly, 1)).unwrap();
+            let placed = rt.block_on(all_assignments(&client)).unwrap();
+            if let (Some(run), Some(node)) = (
+                runs.first(),
+                placed.get(&hourly).and_then(|n| n.iter().next()),
+            ) {
+                let mut kv = client.clone();
+                let resp = rt
+                    .block_on(kv.get(keys::assignment(node, &hourly), None))
+                    .unwrap();
+                let record: AssignmentRecord =
+                    serde_json::from_slice(resp.kvs()[0].value()).unwrap();
+                break (run.queued_at - record.assigned_at)
+                    .to_std()
+                    .unwrap_or_default();
+            }
+            assert!(Instant::now() < deadline, "{id} never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        delays.push(delay);
+    }
+    delays.sort();
+    println!(
+        "assignment written → run queued on its node (told over the link): median {:?}, worst {:?} of {:?}",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1],
+        delays
+    );
+    drop(nodes);
+    drop(etcd);
+}
