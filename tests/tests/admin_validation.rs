@@ -418,6 +418,7 @@ async fn syncs_are_checked_against_the_real_table_and_name_the_column() {
     assert_eq!(problems(&status)[0].0, "tenant.credentials");
     let mut tenant = w.tenant("beta");
     tenant.project_id = 0;
+    tenant.send_budget = Some(0);
     tenant.destination = Some(pb::Destination {
         target: Some(pb::destination::Target::BaseUrl("ftp://x".into())),
         receiver_extensions: false,
@@ -442,12 +443,18 @@ async fn syncs_are_checked_against_the_real_table_and_name_the_column() {
         fields.contains(&"tenant.destination.base_url".to_string()),
         "{fields:?}"
     );
+    assert!(
+        fields.contains(&"tenant.send_budget".to_string()),
+        "{fields:?}"
+    );
 
     // Deleting a sync's events needs a destination that can: without the receiver's
     // extensions nothing is deleted and the sync stays.
     let mut plain = w.tenant("acme");
     plain.destination.as_mut().unwrap().receiver_extensions = false;
-    w.tenants()
+    plain.send_budget = Some(2500);
+    let updated = w
+        .tenants()
         .update_tenant(req(
             OPERATOR,
             pb::UpdateTenantRequest {
@@ -456,7 +463,21 @@ async fn syncs_are_checked_against_the_real_table_and_name_the_column() {
             },
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.send_budget, Some(2500), "a send budget is kept");
+    let stored = w
+        .tenants()
+        .get_tenant(req(
+            OPERATOR,
+            pb::GetTenantRequest {
+                tenant: "acme".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.send_budget, Some(2500));
     let status = refused(
         w.syncs()
             .delete_sync(req(
