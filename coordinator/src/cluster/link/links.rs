@@ -336,7 +336,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use chrono::Utc;
-    use tokio::sync::{oneshot, Notify};
+    use tokio::sync::{oneshot, watch, Notify};
 
     use super::*;
     use crate::admin::specs::SpecResolver;
@@ -496,6 +496,144 @@ mod tests {
         assert_eq!(gone.code(), tonic::Code::Unavailable);
         assert!(gone.message().contains("node-b"), "{gone:?}");
         a.links.stop().await;
+    }
+
+    /// How soon a node takes a newly assigned sync: told over a link at once, or found at its
+    /// next 0.5 s poll. Printed; the push must win.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconcile_told_over_the_link_beats_the_poll() {
+        use crate::catalog::contract::{source, sync, tenant};
+        use crate::cluster::agent::{AgentSettings, NodeAgent};
+        use crate::cluster::connection::testing;
+        use crate::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
+        use crate::cluster::keys;
+        use crate::cluster::membership::Liveness;
+
+        let Some((_etcd, settings)) = testing::start() else {
+            return;
+        };
+        let mut client = settings.connect().await.unwrap();
+        let lease = client.lease_grant(60, None).await.unwrap().id();
+        let (_live, liveness) = watch::channel(Liveness::Live { lease });
+        let store = Arc::new(EtcdStore::new(
+            client.clone(),
+            EtcdStoreSettings::default(),
+            liveness.clone(),
+        ));
+        const SAMPLES: usize = 12;
+        store.create_tenant(&tenant("acme")).await.unwrap();
+        store.create_source(&source("acme", "pg")).await.unwrap();
+        for i in 0..SAMPLES {
+            store
+                .create_sync(&sync("acme", &format!("s{i}"), "pg"))
+                .await
+                .unwrap();
+        }
+        let catalog: Arc<dyn Catalog> = store.clone();
+        let state: Arc<dyn StateStore> = store;
+        let resolver = SpecResolver::new(catalog.clone(), SecretBox::from_bytes(&[7; 32]).unwrap());
+        let runs = RunManager::new(
+            resolver,
+            state.clone(),
+            RunnerSettings {
+                node_id: "node-b".into(),
+                ..Default::default()
+            },
+            None,
+        );
+        let trigger: Arc<dyn SyncTrigger> = runs.clone();
+        let scheduler = Scheduler::new(
+            Arc::new(ManualClock::new(Utc::now())),
+            trigger,
+            state,
+            SchedulerSettings::default(),
+        );
+        let agent_settings = AgentSettings::new("node-b");
+        assert_eq!(agent_settings.poll, Duration::from_millis(500));
+        let agent = NodeAgent::start(
+            client.clone(),
+            agent_settings,
+            catalog,
+            runs.clone(),
+            scheduler.clone(),
+            liveness,
+        )
+        .unwrap();
+        let mut b = NodeLinks::start("node-b", ClusterSecret::new(SECRET).unwrap())
+            .await
+            .unwrap();
+        b.start_agent(AgentState {
+            node_id: "node-b".into(),
+            runs,
+            scheduler,
+            reconcile: agent.reconcile_handle(),
+        })
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b_addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(b.service())
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let a = node("node-a", SECRET).await;
+        let secret = ClusterSecret::new(SECRET).unwrap();
+        let _link = dial(a.links.server(), "node-a", "node-b", &b_addr.to_string(), &secret)
+            .await
+            .unwrap();
+        let coordinator = RemoteAgents::new("node-a");
+        wait_for("node-b's agent across the link", Duration::from_secs(5), || {
+            coordinator.find_now("node-b")
+        })
+        .await;
+
+        let assigned = agent.assigned();
+        let (mut pushed, mut polled) = (Vec::new(), Vec::new());
+        for i in 0..SAMPLES {
+            let id = SyncId::new("acme", format!("s{i}")).unwrap();
+            let written = Instant::now();
+            client
+                .put(keys::assignment("node-b", &id), "{}", None)
+                .await
+                .unwrap();
+            let push = i % 2 == 0;
+            if push {
+                coordinator.tell_changes(&Changes {
+                    added: vec![("node-b".into(), id.clone())],
+                    removed: Vec::new(),
+                });
+            }
+            let mut watching = assigned.clone();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                watching.wait_for(|set| set.contains(&id)),
+            )
+            .await
+            .expect("the node took the sync")
+            .unwrap();
+            let took = written.elapsed();
+            if push { pushed.push(took) } else { polled.push(took) }
+            // Spread the next write over the poll's period (each sample above ended just
+            // after a poll or a push).
+            tokio::time::sleep(Duration::from_millis((i as u64 * 173) % 500)).await;
+        }
+        pushed.sort();
+        polled.sort();
+        let median = |v: &[Duration]| v[v.len() / 2];
+        println!(
+            "assignment written → taken by the node: told over the link median {:?} (worst {:?}); 0.5 s poll median {:?} (worst {:?})",
+            median(&pushed),
+            pushed[pushed.len() - 1],
+            median(&polled),
+            polled[polled.len() - 1]
+        );
+        assert!(
+            median(&pushed) < median(&polled),
+            "pushed {pushed:?} vs polled {polled:?}"
+        );
+        agent.stop().await;
+        b.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
