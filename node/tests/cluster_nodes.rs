@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cli_common::{write, KillOnDrop, OPERATOR_TOKEN, SECRET_KEY};
+use cli_common::{write, OPERATOR_TOKEN, SECRET_KEY};
 use cluster_common::{ClusterProcess, LEASE_TTL_SECS};
 use ferry_coordinator::cluster::assigner::all_assignments;
 use ferry_coordinator::cluster::connection::EtcdSettings;
@@ -73,26 +73,8 @@ fn owner_lost_mid_run(loss: Loss) {
     pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL, inserted_at timestamptz NOT NULL);").unwrap();
     pg.sql(&format!("INSERT INTO orders SELECT i, 'user-' || (i % 23), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute', timestamptz '2024-06-01 00:00:00+00' + i * interval '1 second' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
     // Each import request is answered after 100 ms: the run lasts a few seconds.
-    let (rx, rx_url) = common::spawn_receiver([
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir.path().join("rx").to_str().unwrap(),
-        "--project",
-        "1:tok1",
-        "--service-account",
-        "sa:sa-secret",
-        "--fault-slow",
-        "1.0",
-        "--slow-ms",
-        "100",
-    ]);
-    let _rx = KillOnDrop(rx);
-    let config = write(
-        dir.path(),
-        "node.toml",
-        "[node]\npage_size = 1000\nshards = 1\nmax_in_flight = 1\nreceiver_extensions = true\n",
-    );
+    let (_rx, rx_url) = cluster_common::slow_receiver(dir.path(), 100);
+    let config = write(dir.path(), "node.toml", cluster_common::NODE_CONFIG);
     let mut nodes: Vec<ClusterProcess> = ["node-1", "node-2", "node-3"]
         .iter()
         .map(|id| ClusterProcess::start(id, &etcd.endpoint(), &config, dir.path()))
@@ -111,43 +93,7 @@ fn owner_lost_mid_run(loss: Loss) {
 
     // The catalog, through one node's API.
     let api = &nodes[0];
-    let sa_secret = write(dir.path(), "sa-secret", "sa-secret\n");
-    api.json(&[
-        "tenants",
-        "create",
-        "acme",
-        "--name",
-        "Acme",
-        "--project-id",
-        "1",
-        "--base-url",
-        &rx_url,
-        "--receiver-extensions",
-        "--service-account-user",
-        "sa",
-        "--service-account-secret-file",
-        &sa_secret,
-    ]);
-    let password = write(dir.path(), "pw", &format!("{}\n", pg.password));
-    api.json(&[
-        "sources",
-        "create",
-        "wh",
-        "--tenant",
-        "acme",
-        "--host",
-        &pg.host,
-        "--port",
-        &pg.port.to_string(),
-        "--database",
-        &pg.database,
-        "--user",
-        &pg.user,
-        "--password-file",
-        &password,
-        "--ssl-mode",
-        "disable",
-    ]);
+    cluster_common::create_tenant_and_source(api, dir.path(), &rx_url, &pg);
     let mapping = [
         "--source",
         "wh",

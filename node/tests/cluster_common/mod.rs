@@ -88,3 +88,75 @@ impl Drop for ClusterProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The nodes' config: small pages, one shard, one request in flight (so a slow receiver makes
+/// a run last seconds), the receiver's extensions on.
+pub const NODE_CONFIG: &str =
+    "[node]\npage_size = 1000\nshards = 1\nmax_in_flight = 1\nreceiver_extensions = true\n";
+
+/// The receiver (project 1, service account `sa`), answering every import after `slow_ms`;
+/// its data under `dir`. Killed when the first value is dropped.
+pub fn slow_receiver(dir: &std::path::Path, slow_ms: u32) -> (cli_common::KillOnDrop, String) {
+    let (rx, url) = crate::common::spawn_receiver([
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.join("rx").to_str().unwrap(),
+        "--project",
+        "1:tok1",
+        "--service-account",
+        "sa:sa-secret",
+        "--fault-slow",
+        "1.0",
+        "--slow-ms",
+        &slow_ms.to_string(),
+    ]);
+    (cli_common::KillOnDrop(rx), url)
+}
+
+/// Tenant `acme` (project 1 on the receiver at `rx_url`) and its PostgreSQL source `wh`,
+/// created through `api` (secrets passed in files under `dir`).
+pub fn create_tenant_and_source(
+    api: &ClusterProcess,
+    dir: &std::path::Path,
+    rx_url: &str,
+    pg: &ferry_tests::postgres::TestPostgres,
+) {
+    let sa_secret = cli_common::write(dir, "sa-secret", "sa-secret\n");
+    api.json(&[
+        "tenants",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--project-id",
+        "1",
+        "--base-url",
+        rx_url,
+        "--receiver-extensions",
+        "--service-account-user",
+        "sa",
+        "--service-account-secret-file",
+        &sa_secret,
+    ]);
+    let password = cli_common::write(dir, "pw", &format!("{}\n", pg.password));
+    api.json(&[
+        "sources",
+        "create",
+        "wh",
+        "--tenant",
+        "acme",
+        "--host",
+        &pg.host,
+        "--port",
+        &pg.port.to_string(),
+        "--database",
+        &pg.database,
+        "--user",
+        &pg.user,
+        "--password-file",
+        &password,
+        "--ssl-mode",
+        "disable",
+    ]);
+}
