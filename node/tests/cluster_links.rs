@@ -253,3 +253,38 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     drop(nodes);
     drop(etcd);
 }
+
+#[test]
+fn a_cluster_node_without_the_shared_secret_refuses_to_start() {
+    let without = cli_common::run(
+        cli_common::ferry()
+            .args(["node", "--listen", "127.0.0.1:0", "--etcd", "http://127.0.0.1:1"])
+            .env("FERRY_OPERATOR_TOKEN", cli_common::OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", cli_common::SECRET_KEY)
+            .env_remove("FERRY_CLUSTER_SECRET"),
+    );
+    assert_ne!(without.code, 0);
+    assert!(
+        without.stderr.contains("FERRY_CLUSTER_SECRET")
+            && without.stderr.contains("--cluster-secret-file"),
+        "{}",
+        without.stderr
+    );
+    let weak = cli_common::run(
+        cli_common::ferry()
+            .args(["node", "--listen", "127.0.0.1:0", "--etcd", "http://127.0.0.1:1"])
+            .env("FERRY_OPERATOR_TOKEN", cli_common::OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", cli_common::SECRET_KEY)
+            .env("FERRY_CLUSTER_SECRET", "short"),
+    );
+    assert_ne!(weak.code, 0);
+    assert!(weak.stderr.contains("at least 16"), "{}", weak.stderr);
+    let alone = cli_common::run(
+        cli_common::ferry()
+            .args(["node", "--listen", "127.0.0.1:0", "--cluster-secret-file", "/nonexistent"])
+            .env("FERRY_OPERATOR_TOKEN", cli_common::OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", cli_common::SECRET_KEY),
+    );
+    assert_ne!(alone.code, 0);
+    assert!(alone.stderr.contains("give --etcd too"), "{}", alone.stderr);
+}
