@@ -7,7 +7,10 @@
 //!   `$insert_id`: the receiver counts them as replacements, not new events);
 //! - a fourth node joins (only its share moves, all of it to it), then a node is drained with
 //!   the real `ferry nodes drain` mid-run: its runs finish, it exits with status 0 once empty,
-//!   its syncs run elsewhere, and the receiver ends exact.
+//!   its syncs run elsewhere, and the receiver ends exact;
+//! - SIGTERM to a cluster node drains it; past its `--drain-timeout` the run still going is
+//!   cancelled, the node exits with status 0, and the next owner resumes the sync at once from
+//!   its last commit (receiver exact).
 //!
 //! Sync names are chosen with Ferry's own placement function so that every node has work: the
 //! placement is deterministic, so the test knows where each sync must land.
@@ -113,7 +116,17 @@ impl Rig {
     }
 
     fn start_node(&mut self, id: &str) {
-        let node = ClusterProcess::start(id, &self.etcd.endpoint(), &self.config, self.dir.path());
+        self.start_node_with(id, &[]);
+    }
+
+    fn start_node_with(&mut self, id: &str, flags: &[&str]) {
+        let node = ClusterProcess::start_with(
+            id,
+            &self.etcd.endpoint(),
+            &self.config,
+            self.dir.path(),
+            flags,
+        );
         self.nodes.push(node);
     }
 
@@ -625,4 +638,100 @@ impl Rig {
         );
         found.unwrap()
     }
+}
+
+#[test]
+fn sigterm_drains_a_node_and_its_deadline_cancels_the_run_which_resumes_elsewhere_at_once() {
+    const ROWS: u64 = 60_000;
+    let Some(mut rig) = Rig::start(ROWS, &["node-2"]) else {
+        return;
+    };
+    rig.start_node_with("node-1", &["--drain-timeout", "2s"]);
+    let two = ["node-1", "node-2"];
+    let names = names_where("big", 1, |s| place(s, &weights(&two))[&s[0]] == "node-1");
+    let sync = SyncId::new("acme", &names[0]).unwrap();
+    rig.create_sync(&rig.nodes[0], &names[0], "every 1h");
+    rig.wait(
+        "the sync runs on node-1 with a committed cursor",
+        Duration::from_secs(30),
+        || {
+            rig.running().get(&sync).is_some_and(|n| n == "node-1")
+                && rig
+                    .rt
+                    .block_on(rig.store.get_cursor(&sync))
+                    .unwrap()
+                    .is_some()
+        },
+    );
+    let first_run = rig.runs(&sync)[0].run_id.clone();
+    let node_1 = rig.nodes.iter().position(|n| n.id == "node-1").unwrap();
+    let mut node_1 = rig.nodes.remove(node_1);
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &node_1.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let termed = Instant::now();
+    let node_2 = &rig.nodes[0];
+    rig.wait("node-1 shows as draining", Duration::from_secs(5), || {
+        let listed = node_2.json(&["nodes", "list"]);
+        listed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "node-1" && n["state"] == "draining")
+    });
+    let status = loop {
+        if let Some(status) = node_1.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            termed.elapsed() < Duration::from_secs(30),
+            "node-1 did not exit: {}",
+            node_1.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = termed.elapsed();
+    assert!(status.success(), "exit 0: {status}\n{}", node_1.log());
+    assert!(
+        exited >= Duration::from_secs(2),
+        "it waited for its drain timeout: {exited:?}"
+    );
+    // No lease TTL to wait for: the sync resumes on node-2 at once.
+    let resumed = rig.wait(
+        "the sync resumes on node-2",
+        Duration::from_secs(10),
+        || {
+            rig.running().get(&sync).is_some_and(|n| n == "node-2")
+                || rig
+                    .runs(&sync)
+                    .first()
+                    .is_some_and(|r| r.run_id != first_run && r.state.is_terminal())
+        },
+    );
+    println!(
+        "SIGTERM with a run in progress and --drain-timeout 2s: node-1 exited ({status}) after {exited:?}; node-2 resumed the sync {resumed:?} later"
+    );
+    rig.wait("the resumed run ends", Duration::from_secs(60), || {
+        rig.runs(&sync)
+            .first()
+            .is_some_and(|r| r.run_id != first_run && r.state.is_terminal())
+    });
+    let runs = rig.runs(&sync);
+    assert_eq!(runs[0].state, RunState::Succeeded, "{runs:?}");
+    assert!(
+        runs[0].counts.rows_read < ROWS,
+        "resumed from the cursor: {:?}",
+        runs[0].counts
+    );
+    let cancelled = runs.iter().find(|r| r.run_id == first_run).unwrap();
+    assert_eq!(cancelled.state, RunState::Cancelled, "{cancelled:?}");
+    let state = rig.receiver();
+    assert_eq!(
+        state["event_count"].as_u64(),
+        Some(ROWS),
+        "{}",
+        state["counters"]
+    );
 }

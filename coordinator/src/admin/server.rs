@@ -184,18 +184,8 @@ pub async fn start(
         )
         .with_scheduler(scheduler.clone()),
     );
-    let cluster = config
-        .cluster
-        .clone()
-        .unwrap_or_else(|| super::cluster::ClusterInfo::Embedded {
-            node_id: config.runner.node_id.clone(),
-            address: config.listen.to_string(),
-            started_at: chrono::Utc::now(),
-        });
-    let cluster_api = super::cluster::ClusterApi::new(admin.clone(), cluster);
-    let mut api = routes(admin).await?.add_service(
-        ferry_proto::admin::v1::cluster_server::ClusterServer::new(cluster_api),
-    );
+    let cluster_admin = admin.clone();
+    let mut api = routes(admin).await?;
     if let Some(add) = config.peer_services.take() {
         api = add(api);
     }
@@ -212,6 +202,18 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    // Alone, the node shows itself at the address it bound (the port, when asked for :0).
+    let cluster = config
+        .cluster
+        .clone()
+        .unwrap_or_else(|| super::cluster::ClusterInfo::Embedded {
+            node_id: config.runner.node_id.clone(),
+            address: addr.to_string(),
+            started_at: chrono::Utc::now(),
+        });
+    let api = api.add_service(ferry_proto::admin::v1::cluster_server::ClusterServer::new(
+        super::cluster::ClusterApi::new(cluster_admin, cluster),
+    ));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -254,7 +254,8 @@ impl Worker {
                 }
             }
             self.known.insert(sync.clone(), stored.version);
-            if newly && !record.paused && self.interrupted(sync).await {
+            if newly && !record.paused && (self.interrupted(sync).await || self.resumes(sync).await)
+            {
                 match self.runs.start_run(sync, TriggerReason::Schedule).await {
                     Ok(run_id) => {
                         tracing::info!(sync = %sync, run = %run_id, "resuming a sync whose owner died mid-run");
@@ -277,6 +278,16 @@ impl Worker {
             }
         });
         Ok(())
+    }
+
+    /// A drain cancelled the sync's run at its deadline (see [`super::drain::mark_resume`]).
+    async fn resumes(&self, sync: &SyncId) -> bool {
+        super::drain::take_resume(&self.client, sync)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(sync = %sync, error = %e, "resume note not read; the schedule runs the sync");
+                false
+            })
     }
 
     /// The sync's newest run never finished and nobody holds its claim: its owner died. That

@@ -8,7 +8,8 @@
 //!   syncs moves once its current run ends (the claim is released).
 //! - The node itself ([`follow`], [`until_drained`]) stops scheduling new runs, waits until it
 //!   holds no assignments and runs nothing, and cancels what still runs at the drain deadline
-//!   (each cancelled run keeps its cursor at the last commit; the next owner resumes there).
+//!   (each cancelled run keeps its cursor at the last commit; [`mark_resume`] tells the next
+//!   owner to start it at once rather than at its next scheduled time).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -137,6 +138,30 @@ pub async fn draining_nodes(client: &Client) -> Result<BTreeMap<String, DrainRec
     Ok(out)
 }
 
+/// Notes that `sync`'s run was cancelled by a drain, so its next owner starts it at once (its
+/// newest run is then `cancelled`, which an owner would otherwise leave to the schedule).
+pub async fn mark_resume(client: &Client, sync: &crate::records::SyncId) -> Result<(), StoreError> {
+    client
+        .clone()
+        .put(keys::resume(sync), Utc::now().to_rfc3339(), None)
+        .await
+        .map_err(|e| store_error("noting a sync to resume", e))
+        .map(drop)
+}
+
+/// Whether a drain asked for `sync` to resume at once; the note is consumed.
+pub async fn take_resume(
+    client: &Client,
+    sync: &crate::records::SyncId,
+) -> Result<bool, StoreError> {
+    let resp = client
+        .clone()
+        .delete(keys::resume(sync), None)
+        .await
+        .map_err(|e| store_error("reading a sync's resume note", e))?;
+    Ok(resp.deleted() > 0)
+}
+
 /// Follows whether this node is draining, re-reading its drain key every `poll`. Once seen,
 /// a drain is kept for good, and written again on the node's new lease if the node
 /// re-registers (after its kill switch) so the coordinator keeps giving it nothing.
@@ -250,6 +275,10 @@ pub async fn until_drained(
         if now >= deadline && cancelled.is_none() {
             tracing::warn!(node = %node_id, runs = active.len(), ?timeout, "drain deadline: cancelling the runs still going (each resumes elsewhere from its last commit)");
             for run in &active {
+                // Noted before the claim is let go, so the next owner cannot miss it.
+                if let Err(e) = mark_resume(client, &run.sync).await {
+                    tracing::warn!(sync = %run.sync, error = %e, "resume note not written; the sync resumes at its next scheduled time");
+                }
                 let _ = runs.cancel(&run.sync, &run.run_id);
             }
             cancelled = Some(active.len());

@@ -6,6 +6,8 @@
 //! /ferry/v1/election/coordinator/<lease id, hex>    the candidates (etcd's election API)
 //! /ferry/v1/draining/<node>                         a drain asked of a node (on that node's
 //!                                                   lease: it ends when the node leaves)
+//! /ferry/v1/resume/<tenant>/<sync>                  a run a drain cancelled at its deadline:
+//!                                                   the next owner starts the sync at once
 //! ```
 
 use crate::keys::is_valid_segment;
@@ -17,6 +19,7 @@ pub const ASSIGNMENTS: &str = "/ferry/v1/assignments/";
 /// The election's name: etcd keeps each candidate at `<name>/<lease id>`.
 pub const ELECTION: &str = "/ferry/v1/election/coordinator";
 pub const DRAINING: &str = "/ferry/v1/draining/";
+pub const RESUME: &str = "/ferry/v1/resume/";
 
 pub fn node(node_id: &str) -> String {
     format!("{NODES}{node_id}")
@@ -24,6 +27,10 @@ pub fn node(node_id: &str) -> String {
 
 pub fn draining(node_id: &str) -> String {
     format!("{DRAINING}{node_id}")
+}
+
+pub fn resume(sync: &SyncId) -> String {
+    format!("{RESUME}{}/{}", sync.tenant(), sync.sync())
 }
 
 /// Every assignment of one node lives under this prefix (ends with `/`).

@@ -24,6 +24,17 @@ pub struct ClusterProcess {
 
 impl ClusterProcess {
     pub fn start(id: &str, etcd: &str, config: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(id, etcd, config, dir, &[])
+    }
+
+    /// [`Self::start`] with more `ferry node` flags.
+    pub fn start_with(
+        id: &str,
+        etcd: &str,
+        config: &str,
+        dir: &std::path::Path,
+        flags: &[&str],
+    ) -> Self {
         let port = free_port();
         let log = dir.join(format!("{id}.log"));
         let child = cli_common::ferry()
@@ -31,6 +42,7 @@ impl ClusterProcess {
             .args(["--etcd", etcd, "--node-id", id])
             .args(["--lease-ttl", &LEASE_TTL_SECS.to_string()])
             .args(["--config", config])
+            .args(flags)
             .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("FERRY_SECRET_KEY", SECRET_KEY)
             .env("FERRY_CLUSTER_SECRET", CLUSTER_SECRET)
