@@ -193,6 +193,9 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(live["trigger"], "api", "live from B: {live}");
+    let listed = c.json(&["runs", "list", "orders", "--tenant", "acme"]);
+    assert_eq!(listed[0]["run_id"], run_id.as_str(), "{listed}");
+    assert_eq!(listed[0]["trigger"], "api", "listed live from B: {listed}");
     let rows_mid_run = live["counts"]["rows_read"].as_u64().unwrap();
     assert!(rows_mid_run < ROWS, "seen mid-run: {live}");
 

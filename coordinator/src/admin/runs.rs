@@ -209,6 +209,10 @@ impl Runs for RunsApi {
                 if !record.state.is_terminal() {
                     record.counts = active.snapshot().counts;
                 }
+            } else if !record.state.is_terminal() && admin.settings.peers.is_some() {
+                // Running on another node: shown as that node sees it now.
+                runs.push(admin.current_run(&id, &record.run_id, false).await?);
+                continue;
             }
             runs.push(admin.run_shown(&record, false));
         }
