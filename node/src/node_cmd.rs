@@ -66,7 +66,7 @@ pub struct NodeArgs {
     /// may still take before they are cancelled (each resumes elsewhere from its last commit):
     /// seconds, or with a unit (90s, 10m). Keep it below Kubernetes'
     /// terminationGracePeriodSeconds.
-    #[arg(long = "drain-timeout", env = "FERRY_DRAIN_TIMEOUT", default_value = "10m", value_parser = crate::serve::parse_drain_timeout)]
+    #[arg(long = "drain-timeout", env = "FERRY_DRAIN_TIMEOUT", default_value = "10m", value_parser = crate::cli::parse_duration)]
     drain_timeout: Duration,
     /// Directory of the embedded state store (default: node.data_dir, else ./ferry-data).
     #[arg(long = "data", env = "FERRY_DATA")]

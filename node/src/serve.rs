@@ -185,22 +185,6 @@ async fn wait_for_stop() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// `600`, `90s`, `10m`, `1h`: how long a draining node waits for its runs.
-pub fn parse_drain_timeout(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let hint = || format!("'{text}' is not a drain timeout: give seconds, or e.g. 90s, 10m, 1h");
-    let n: u64 = n.parse().map_err(|_| hint())?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(hint()),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 /// `5/1h`, `10/30m`, `3/90s`: triggers allowed per sync in a sliding window.
 pub fn parse_trigger_limit(text: &str) -> Result<TriggerLimit, String> {
     let hint = || format!("'{text}' is not a trigger limit: write it as COUNT/WINDOW, e.g. 5/1h");
@@ -237,15 +221,6 @@ pub fn parse_trigger_limit(text: &str) -> Result<TriggerLimit, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn drain_timeouts() {
-        assert_eq!(parse_drain_timeout("600"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_drain_timeout("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_drain_timeout("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_drain_timeout("10y").is_err());
-        assert!(parse_drain_timeout("").is_err());
-    }
 
     #[test]
     fn trigger_limits() {

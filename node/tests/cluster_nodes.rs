@@ -94,24 +94,7 @@ fn owner_lost_mid_run(loss: Loss) {
     // The catalog, through one node's API.
     let api = &nodes[0];
     cluster_common::create_tenant_and_source(api, dir.path(), &rx_url, &pg);
-    let mapping = [
-        "--source",
-        "wh",
-        "--tenant",
-        "acme",
-        "--table",
-        "public.orders",
-        "--type",
-        "events",
-        "--event-name",
-        "Order Placed",
-        "--time-column",
-        "created_at",
-        "--distinct-id-column",
-        "user_id",
-        "--key-columns",
-        "id",
-    ];
+    let mapping = cluster_common::ORDERS_EVENTS;
     // Twelve on-demand syncs to spread, and one that runs at once and every hour after.
     for i in 0..12 {
         let id = format!("idle-{i}");

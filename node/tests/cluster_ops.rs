@@ -142,33 +142,18 @@ impl Rig {
 
     /// Creates an append sync of the orders table through `via`'s API.
     fn create_sync(&self, via: &ClusterProcess, id: &str, schedule: &str) {
-        via.json(&[
+        let mode = [
             "syncs",
             "create",
             id,
-            "--tenant",
-            "acme",
-            "--source",
-            "wh",
-            "--table",
-            "public.orders",
-            "--type",
-            "events",
             "--mode",
             "append",
             "--cursor-column",
             "inserted_at",
             "--schedule",
             schedule,
-            "--event-name",
-            "Order Placed",
-            "--time-column",
-            "created_at",
-            "--distinct-id-column",
-            "user_id",
-            "--key-columns",
-            "id",
-        ]);
+        ];
+        via.json(&[&mode[..], &cluster_common::ORDERS_EVENTS[..]].concat());
     }
 
     fn assignments(&self) -> BTreeMap<SyncId, BTreeSet<String>> {

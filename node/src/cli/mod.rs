@@ -120,7 +120,8 @@ impl Connection {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// `30`, `30s`, `500ms`, `5m`, `1h`: a positive duration (also `ferry node --drain-timeout`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -172,3 +172,24 @@ pub fn create_tenant_and_source(
         "disable",
     ]);
 }
+
+/// The flags of an events sync of `public.orders` (source `wh` of tenant `acme`): one event
+/// per order, keyed by its id.
+pub const ORDERS_EVENTS: [&str; 16] = [
+    "--source",
+    "wh",
+    "--tenant",
+    "acme",
+    "--table",
+    "public.orders",
+    "--type",
+    "events",
+    "--event-name",
+    "Order Placed",
+    "--time-column",
+    "created_at",
+    "--distinct-id-column",
+    "user_id",
+    "--key-columns",
+    "id",
+];
