@@ -622,6 +622,19 @@ fn every_error_has_its_exit_code_and_one_line_message() {
         true
     );
     assert_eq!(node.json(b, &["tenants", "get"])["name"], "Tenant B");
+    // A send budget: set and shown, refused when zero (naming the field), removed.
+    let budgeted = node.json(OP, &["tenants", "update", "b", "--send-budget", "5000"]);
+    assert_eq!(budgeted["send_budget"], 5000);
+    let shown = node.cli(OP, &["tenants", "get", "b"]);
+    assert!(
+        shown.stdout.contains("5000 events/s across the cluster"),
+        "{}",
+        shown.stdout
+    );
+    node.cli(OP, &["tenants", "update", "b", "--send-budget", "0"])
+        .fails_with(1, "tenant.send_budget");
+    let unbudgeted = node.json(OP, &["tenants", "update", "b", "--no-send-budget"]);
+    assert_eq!(unbudgeted["send_budget"], Value::Null);
     node.cli(OP, &["tenants", "delete", "b"]).fails_with(1, "");
     let deleted = node.json(OP, &["tenants", "delete", "b", "--cascade"]);
     assert_eq!(deleted["deleted"]["tenant"], "b");
@@ -644,6 +657,7 @@ fn every_error_has_its_exit_code_and_one_line_message() {
             "PROJECT",
             "DESTINATION",
             "CREDENTIALS",
+            "BUDGET",
             "UPDATED"
         ]
     );

@@ -303,7 +303,7 @@ pub async fn run_tenants(conn: &Connection, command: TenantsCommand) -> Result<(
                             "project",
                             "destination",
                             "credentials",
-                            "send budget",
+                            "budget",
                             "updated",
                         ],
                         resp.tenants.iter().map(|t| {
