@@ -636,6 +636,97 @@ mod tests {
         b.stop().await;
     }
 
+    /// The sessions a node's server holds now: (session number, accepted rather than dialed).
+    async fn sessions(links: &NodeLinks) -> Vec<(u64, bool)> {
+        match links
+            .server()
+            .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(2)))
+            .await
+        {
+            Ok(CallResult::Success(map)) => {
+                let mut v: Vec<(u64, bool)> =
+                    map.values().map(|s| (s.node_id, s.is_server)).collect();
+                v.sort();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    async fn wait_sessions(
+        what: &str,
+        links: &NodeLinks,
+        mut check: impl FnMut(&[(u64, bool)]) -> bool,
+    ) -> Vec<(u64, bool)> {
+        let started = Instant::now();
+        loop {
+            let now = sessions(links).await;
+            if check(&now) {
+                return now;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Following the membership records: one link per pair (the smaller id dials), dialed
+    /// again when it drops, closed when the peer leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peers_from_etcd_get_one_link_redialed_when_dropped_and_closed_when_they_leave() {
+        use crate::cluster::connection::testing;
+        use crate::cluster::membership::{Membership, MembershipSettings};
+
+        let Some((_etcd, settings)) = testing::start() else {
+            return;
+        };
+        let client = settings.connect().await.unwrap();
+        let mut a = node("node-a", SECRET).await;
+        let mut b = node("node-b", SECRET).await;
+        let mut members = Vec::new();
+        for n in [&a, &b] {
+            let id = n.links.node_id.clone();
+            let m = Membership::start(
+                client.clone(),
+                MembershipSettings::new(id, n.addr.to_string(), 1),
+            )
+            .unwrap();
+            m.wait_live(Duration::from_secs(5)).await.unwrap();
+            members.push(m);
+        }
+        a.links.keep_linked(client.clone(), Duration::from_millis(200));
+        b.links.keep_linked(client.clone(), Duration::from_millis(200));
+
+        // node-a dialed, node-b accepted; node-b did not dial too.
+        let first = wait_sessions("node-a's link", &a.links, |s| !s.is_empty()).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(!first[0].1, "node-a dialed");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let at_b = sessions(&b.links).await;
+        assert_eq!(at_b.len(), 1, "one link per pair: {at_b:?}");
+        assert!(at_b[0].1, "node-b accepted it");
+
+        // The link drops (node-b's end closes it): node-a dials again.
+        b.links.tasks.close_all();
+        let again = wait_sessions("a new link", &a.links, |s| {
+            s.len() == 1 && s[0].0 != first[0].0
+        })
+        .await;
+        assert!(!again[0].1);
+
+        // node-b leaves the cluster (its port still answers): node-a closes the link and
+        // does not dial it again.
+        let b_member = members.pop().unwrap();
+        b_member.leave().await;
+        wait_sessions("the link to the departed node to close", &a.links, |s| s.is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(sessions(&a.links).await.is_empty(), "not dialed again");
+        a.links.stop().await;
+        b.links.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wrong_secret_gets_no_link() {
         let a = node("node-a", SECRET).await;
