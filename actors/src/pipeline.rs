@@ -486,7 +486,10 @@ async fn import_shard(
             Ok(item) => Some(item),
             Err(mpsc::error::TryRecvError::Empty) => {
                 if let Some(batch) = builder.flush() {
-                    send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                    send(
+                        &client, &gate, batch, kind, &mut seqs, &acks, &progress, &log,
+                    )
+                    .await?;
                 }
                 input.recv().await
             }
@@ -499,7 +502,10 @@ async fn import_shard(
             // One endpoint per batch: a sync produces one record kind, but check rather than mix.
             if kind.is_some_and(|k| k != record.kind) {
                 if let Some(batch) = builder.flush() {
-                    send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                    send(
+                        &client, &gate, batch, kind, &mut seqs, &acks, &progress, &log,
+                    )
+                    .await?;
                 }
             }
             let key = record.insert_id;
@@ -510,7 +516,10 @@ async fn import_shard(
                     kind = Some(record.kind);
                     seqs.push(seq);
                     if let Some(batch) = complete {
-                        send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+                        send(
+                            &client, &gate, batch, kind, &mut seqs, &acks, &progress, &log,
+                        )
+                        .await?;
                     }
                 }
                 Err(e) => {
@@ -529,7 +538,10 @@ async fn import_shard(
         }
     }
     if let Some(batch) = builder.flush() {
-        send(&client, &gate, batch, kind, &mut seqs, &acks, &progress, &log).await?;
+        send(
+            &client, &gate, batch, kind, &mut seqs, &acks, &progress, &log,
+        )
+        .await?;
     }
     Ok(None)
 }

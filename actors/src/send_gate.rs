@@ -452,7 +452,11 @@ mod tests {
         assert_eq!(share_rate(50, 1, 999), 1.0);
         assert_eq!(share_rate(1, 1, 5), 1.0);
         // The shares of nodes reading the same demand add up to the budget.
-        let (a, b, c) = (share_rate(2000, 1, 4), share_rate(2000, 3, 2), share_rate(2000, 1, 4));
+        let (a, b, c) = (
+            share_rate(2000, 1, 4),
+            share_rate(2000, 3, 2),
+            share_rate(2000, 1, 4),
+        );
         assert!((a + b + c - 2000.0).abs() < 1e-9);
     }
 

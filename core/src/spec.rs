@@ -1850,9 +1850,15 @@ mod tests {
                 ..rs.clone()
             };
             let err = spec.validate().unwrap_err();
-            assert!(err.mentions(&format!("source.kind.redshift.{field}")), "{field}: {err}");
+            assert!(
+                err.mentions(&format!("source.kind.redshift.{field}")),
+                "{field}: {err}"
+            );
         };
-        check(&|o| o.cluster_identifier = Some("c1".into()), "workgroup_name");
+        check(
+            &|o| o.cluster_identifier = Some("c1".into()),
+            "workgroup_name",
+        );
         check(&|o| o.workgroup_name = None, "cluster_identifier");
         check(&|o| o.db_user = Some("ferry".into()), "db_user");
         check(&|o| o.secret_arn = Some("my-secret".into()), "secret_arn");

@@ -84,10 +84,7 @@ fn run_three(
         })
         .collect();
     let started = Instant::now();
-    while runs
-        .iter_mut()
-        .any(|r| r.try_wait().unwrap().is_none())
-    {
+    while runs.iter_mut().any(|r| r.try_wait().unwrap().is_none()) {
         during();
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -222,7 +219,10 @@ fn a_tenants_budget_holds_for_its_runs_on_three_nodes_together() {
         if placed.len() == 9 && chosen.iter().all(Option::is_some) {
             break chosen.into_iter().flatten().collect();
         }
-        assert!(Instant::now() < deadline, "not spread over 3 nodes: {placed:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not spread over 3 nodes: {placed:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
 
@@ -283,7 +283,10 @@ fn a_tenants_budget_holds_for_its_runs_on_three_nodes_together() {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "demand left after the runs: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "demand left after the runs: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(nodes);

@@ -110,7 +110,10 @@ mod tests {
         let last = chrono::Utc::now().timestamp();
         let counted = stats.project("1").accepted_per_second;
         assert_eq!(counted.values().sum::<u64>(), 10, "{counted:?}");
-        assert!(counted.keys().all(|s| (first..=last).contains(s)), "{counted:?}");
+        assert!(
+            counted.keys().all(|s| (first..=last).contains(s)),
+            "{counted:?}"
+        );
         assert!(stats.project("2").accepted_per_second.is_empty());
         // Only the most recent seconds are kept.
         stats.update("1", |c| {

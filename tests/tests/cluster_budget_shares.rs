@@ -96,7 +96,12 @@ async fn two_nodes_split_a_budget_and_a_dead_nodes_share_returns_when_its_lease_
     task_b.abort();
     drop(live_b);
     let died = Instant::now();
-    let returned = until_rate(&gates_a, 1000.0, Duration::from_secs(lease_b_ttl as u64 + 3)).await;
+    let returned = until_rate(
+        &gates_a,
+        1000.0,
+        Duration::from_secs(lease_b_ttl as u64 + 3),
+    )
+    .await;
     println!("a dead node's share returned after {returned:?} (lease TTL {lease_b_ttl} s)");
     assert!(
         returned >= Duration::from_secs(2),

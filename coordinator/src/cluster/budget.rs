@@ -128,8 +128,7 @@ async fn share_loop(
                         runs: HashMap::new(),
                     };
                 }
-                if let Err(e) = share_once(&client, &node_id, lease, &gates, &mut published).await
-                {
+                if let Err(e) = share_once(&client, &node_id, lease, &gates, &mut published).await {
                     tracing::warn!(node = %node_id, error = %e, "send budget: etcd not updated; retrying");
                 }
             }
