@@ -518,6 +518,32 @@ mod tests {
         }
         assert_eq!(load, (3, 2));
 
+        // The run manager's slot use, followed as it changes.
+        let (slots, slot_use) = watch::channel(SlotUse {
+            running: 1,
+            waiting: 4,
+        });
+        member.follow_load(slot_use);
+        let published = |want: (u32, u32)| {
+            let client = client.clone();
+            async move {
+                for _ in 0..50 {
+                    let record = record_of(&client, "11").await.unwrap();
+                    if (record.load, record.waiting) == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                false
+            }
+        };
+        assert!(published((1, 4)).await);
+        slots.send_replace(SlotUse {
+            running: 2,
+            waiting: 0,
+        });
+        assert!(published((2, 0)).await);
+
         member.leave().await;
         assert_eq!(
             record_of(&client, "11").await,
