@@ -155,7 +155,10 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     let b = nodes.iter().find(|n| n.id == b_id).unwrap();
     let mut others = nodes.iter().filter(|n| n.id != b_id);
     let (a, c) = (others.next().unwrap(), others.next().unwrap());
-    println!("orders is assigned to {}; asking {} and {}", b.id, a.id, c.id);
+    println!(
+        "orders is assigned to {}; asking {} and {}",
+        b.id, a.id, c.id
+    );
 
     // Triggered through A: the run starts on B.
     let started = a.json(&["syncs", "trigger", "orders", "--tenant", "acme"]);
@@ -219,7 +222,17 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     for i in 0..5 {
         let id = format!("hourly-{i}");
         create(
-            &["syncs", "create", &id, "--mode", "append", "--cursor-column", "id", "--schedule", "every 1h"],
+            &[
+                "syncs",
+                "create",
+                &id,
+                "--mode",
+                "append",
+                "--cursor-column",
+                "id",
+                "--schedule",
+                "every 1h",
+            ],
             "public.few",
         );
         let hourly = SyncId::new("acme", &id).unwrap();
@@ -261,7 +274,13 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
 fn a_cluster_node_without_the_shared_secret_refuses_to_start() {
     let without = cli_common::run(
         cli_common::ferry()
-            .args(["node", "--listen", "127.0.0.1:0", "--etcd", "http://127.0.0.1:1"])
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd",
+                "http://127.0.0.1:1",
+            ])
             .env("FERRY_OPERATOR_TOKEN", cli_common::OPERATOR_TOKEN)
             .env("FERRY_SECRET_KEY", cli_common::SECRET_KEY)
             .env_remove("FERRY_CLUSTER_SECRET"),
@@ -275,7 +294,13 @@ fn a_cluster_node_without_the_shared_secret_refuses_to_start() {
     );
     let weak = cli_common::run(
         cli_common::ferry()
-            .args(["node", "--listen", "127.0.0.1:0", "--etcd", "http://127.0.0.1:1"])
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd",
+                "http://127.0.0.1:1",
+            ])
             .env("FERRY_OPERATOR_TOKEN", cli_common::OPERATOR_TOKEN)
             .env("FERRY_SECRET_KEY", cli_common::SECRET_KEY)
             .env("FERRY_CLUSTER_SECRET", "short"),
@@ -284,7 +309,13 @@ fn a_cluster_node_without_the_shared_secret_refuses_to_start() {
     assert!(weak.stderr.contains("at least 16"), "{}", weak.stderr);
     let alone = cli_common::run(
         cli_common::ferry()
-            .args(["node", "--listen", "127.0.0.1:0", "--cluster-secret-file", "/nonexistent"])
+            .args([
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-secret-file",
+                "/nonexistent",
+            ])
             .env("FERRY_OPERATOR_TOKEN", cli_common::OPERATOR_TOKEN)
             .env("FERRY_SECRET_KEY", cli_common::SECRET_KEY),
     );

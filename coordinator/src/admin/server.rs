@@ -42,7 +42,8 @@ pub struct ServerConfig {
     pub max_runs: usize,
     /// Adds more gRPC services on the same port: a cluster node's links to its peers
     /// ([`crate::cluster::link`]).
-    pub peer_services: Option<Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>>,
+    pub peer_services:
+        Option<Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>>,
 }
 
 impl ServerConfig {

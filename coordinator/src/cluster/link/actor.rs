@@ -136,9 +136,8 @@ pub fn live(runs: &RunManager, sync: &SyncId, run_id: &str) -> Option<LiveRun> {
             .map(|r| r.as_str().to_string())
             .unwrap_or_default(),
         rows_total: total.as_ref().map(|t| t.rows),
-        eta_seconds: total.and_then(|t| {
-            eta_seconds(&t, active.progress.rows_done(), std::time::Instant::now())
-        }),
+        eta_seconds: total
+            .and_then(|t| eta_seconds(&t, active.progress.rows_done(), std::time::Instant::now())),
     })
 }
 

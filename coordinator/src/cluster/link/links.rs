@@ -362,7 +362,8 @@ mod tests {
 
     async fn node(id: &str, secret: &str) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open_in(dir.path(), EmbeddedSettings::default()).unwrap());
+        let store =
+            Arc::new(EmbeddedStore::open_in(dir.path(), EmbeddedSettings::default()).unwrap());
         let catalog: Arc<dyn Catalog> = store.clone();
         let state: Arc<dyn StateStore> = store;
         let resolver = SpecResolver::new(catalog, SecretBox::from_bytes(&[7; 32]).unwrap());
@@ -433,9 +434,15 @@ mod tests {
         let a = node("node-a", SECRET).await;
         let b = node("node-b", SECRET).await;
         let secret = ClusterSecret::new(SECRET).unwrap();
-        let link = dial(a.links.server(), "node-a", "node-b", &b.addr.to_string(), &secret)
-            .await
-            .unwrap();
+        let link = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &b.addr.to_string(),
+            &secret,
+        )
+        .await
+        .unwrap();
         let started = Instant::now();
         let peers = loop {
             let peers = a.links.linked_peers().await;
@@ -448,9 +455,11 @@ mod tests {
 
         // B's agent, as seen across the link (a remote member of its group).
         let remote = RemoteAgents::new("node-a");
-        let agent = wait_for("node-b's agent across the link", Duration::from_secs(5), || {
-            remote.find_now("node-b")
-        })
+        let agent = wait_for(
+            "node-b's agent across the link",
+            Duration::from_secs(5),
+            || remote.find_now("node-b"),
+        )
         .await;
         assert!(!agent.get_id().is_local(), "reached through the link");
 
@@ -579,13 +588,21 @@ mod tests {
         );
         let a = node("node-a", SECRET).await;
         let secret = ClusterSecret::new(SECRET).unwrap();
-        let _link = dial(a.links.server(), "node-a", "node-b", &b_addr.to_string(), &secret)
-            .await
-            .unwrap();
+        let _link = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &b_addr.to_string(),
+            &secret,
+        )
+        .await
+        .unwrap();
         let coordinator = RemoteAgents::new("node-a");
-        wait_for("node-b's agent across the link", Duration::from_secs(5), || {
-            coordinator.find_now("node-b")
-        })
+        wait_for(
+            "node-b's agent across the link",
+            Duration::from_secs(5),
+            || coordinator.find_now("node-b"),
+        )
         .await;
 
         let assigned = agent.assigned();
@@ -613,7 +630,11 @@ mod tests {
             .expect("the node took the sync")
             .unwrap();
             let took = written.elapsed();
-            if push { pushed.push(took) } else { polled.push(took) }
+            if push {
+                pushed.push(took)
+            } else {
+                polled.push(took)
+            }
             // Spread the next write over the poll's period (each sample above ended just
             // after a poll or a push).
             tokio::time::sleep(Duration::from_millis((i as u64 * 173) % 500)).await;
@@ -696,8 +717,10 @@ mod tests {
             m.wait_live(Duration::from_secs(5)).await.unwrap();
             members.push(m);
         }
-        a.links.keep_linked(client.clone(), Duration::from_millis(200));
-        b.links.keep_linked(client.clone(), Duration::from_millis(200));
+        a.links
+            .keep_linked(client.clone(), Duration::from_millis(200));
+        b.links
+            .keep_linked(client.clone(), Duration::from_millis(200));
 
         // node-a dialed, node-b accepted; node-b did not dial too.
         let first = wait_sessions("node-a's link", &a.links, |s| !s.is_empty()).await;
@@ -720,7 +743,10 @@ mod tests {
         // does not dial it again.
         let b_member = members.pop().unwrap();
         b_member.leave().await;
-        wait_sessions("the link to the departed node to close", &a.links, |s| s.is_empty()).await;
+        wait_sessions("the link to the departed node to close", &a.links, |s| {
+            s.is_empty()
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(sessions(&a.links).await.is_empty(), "not dialed again");
         a.links.stop().await;
@@ -734,9 +760,15 @@ mod tests {
 
         // The gRPC call is refused before any ractor byte flows.
         let wrong = ClusterSecret::new("not-the-cluster-secret-42").unwrap();
-        let refused = dial(a.links.server(), "node-a", "node-b", &b.addr.to_string(), &wrong)
-            .await
-            .unwrap_err();
+        let refused = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &b.addr.to_string(),
+            &wrong,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(refused, LinkError::Refused { .. }), "{refused}");
         assert!(refused.to_string().contains("node-b"), "{refused}");
 
@@ -744,9 +776,15 @@ mod tests {
         // ractor_cluster's handshake: no session, and the link closes.
         let c = node("node-c", "another-cluster-secret-99").await;
         let right = ClusterSecret::new(SECRET).unwrap();
-        let link = dial(c.links.server(), "node-c", "node-b", &b.addr.to_string(), &right)
-            .await
-            .unwrap();
+        let link = dial(
+            c.links.server(),
+            "node-c",
+            "node-b",
+            &b.addr.to_string(),
+            &right,
+        )
+        .await
+        .unwrap();
         wait_for("the refused link to close", Duration::from_secs(5), || {
             link.is_finished().then_some(())
         })

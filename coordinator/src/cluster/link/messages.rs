@@ -82,7 +82,9 @@ impl std::fmt::Debug for AgentMsg {
             AgentMsg::Reconcile => write!(f, "Reconcile"),
             AgentMsg::Stop { sync } => write!(f, "Stop({sync})"),
             AgentMsg::StartRun { sync, .. } => write!(f, "StartRun({sync})"),
-            AgentMsg::RunProgress { sync, run_id, .. } => write!(f, "RunProgress({sync}, {run_id})"),
+            AgentMsg::RunProgress { sync, run_id, .. } => {
+                write!(f, "RunProgress({sync}, {run_id})")
+            }
             AgentMsg::CancelRun { sync, run_id, .. } => write!(f, "CancelRun({sync}, {run_id})"),
         }
     }
@@ -208,7 +210,8 @@ impl ractor::Message for AgentMsg {
     }
 
     fn deserialize(message: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
-        let decode = |args: &[u8]| serde_json::from_slice::<Wire>(args).map_err(|_| BoxedDowncastErr);
+        let decode =
+            |args: &[u8]| serde_json::from_slice::<Wire>(args).map_err(|_| BoxedDowncastErr);
         match message {
             SerializedMessage::Cast { args, .. } => match decode(&args)? {
                 Wire::Reconcile => Ok(AgentMsg::Reconcile),
@@ -293,14 +296,17 @@ mod tests {
         .serialize() else {
             panic!("StartRun is a call")
         };
-        let AgentMsg::StartRun { sync: s, reason, reply } =
-            AgentMsg::deserialize(SerializedMessage::Call {
-                variant: "StartRun".into(),
-                args,
-                reply,
-                metadata: None,
-            })
-            .unwrap()
+        let AgentMsg::StartRun {
+            sync: s,
+            reason,
+            reply,
+        } = AgentMsg::deserialize(SerializedMessage::Call {
+            variant: "StartRun".into(),
+            args,
+            reply,
+            metadata: None,
+        })
+        .unwrap()
         else {
             panic!("decoded as another message")
         };
@@ -314,7 +320,10 @@ mod tests {
         let answer = rx.await.unwrap().unwrap_err();
         assert_eq!(answer.to_status().code(), tonic::Code::AlreadyExists);
 
-        for garbage in [&b"{"[..], br#"{"StartRun":{"sync":{"tenant":"a/b","sync":"x"},"reason":"api"}}"#] {
+        for garbage in [
+            &b"{"[..],
+            br#"{"StartRun":{"sync":{"tenant":"a/b","sync":"x"},"reason":"api"}}"#,
+        ] {
             assert!(AgentMsg::deserialize(SerializedMessage::Cast {
                 variant: "Stop".into(),
                 args: garbage.to_vec(),

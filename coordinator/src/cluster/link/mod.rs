@@ -21,13 +21,13 @@ pub mod messages;
 #[cfg(feature = "etcd")]
 pub mod actor;
 #[cfg(feature = "etcd")]
+mod links;
+#[cfg(feature = "etcd")]
 pub mod peers;
 #[cfg(feature = "etcd")]
 pub mod service;
 #[cfg(feature = "etcd")]
 pub mod transport;
-#[cfg(feature = "etcd")]
-mod links;
 
 #[cfg(feature = "etcd")]
 pub use links::{LinkTasks, NodeLinks, RemoteAgents};
@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn weak_secrets_are_refused_and_debug_hides_the_secret() {
-        assert!(matches!(ClusterSecret::new("short"), Err(LinkError::WeakSecret)));
+        assert!(matches!(
+            ClusterSecret::new("short"),
+            Err(LinkError::WeakSecret)
+        ));
         assert!(matches!(
             ClusterSecret::new("sixteen chars but spaces"),
             Err(LinkError::SecretNotPrintable)

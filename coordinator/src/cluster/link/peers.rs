@@ -138,7 +138,9 @@ pub async fn keep_linked(
                     }
                 }
             }
-            Err(e) => tracing::debug!(node = %me, error = %e, "members not listed; links kept as they are"),
+            Err(e) => {
+                tracing::debug!(node = %me, error = %e, "members not listed; links kept as they are")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -161,6 +163,9 @@ mod tests {
     fn registered_addresses_become_urls() {
         assert_eq!(endpoint_of("127.0.0.1:7700"), "http://127.0.0.1:7700");
         assert_eq!(endpoint_of("http://ferry-1:7700/"), "http://ferry-1:7700");
-        assert_eq!(endpoint_of("https://ferry.example.com"), "https://ferry.example.com");
+        assert_eq!(
+            endpoint_of("https://ferry.example.com"),
+            "https://ferry.example.com"
+        );
     }
 }
