@@ -213,6 +213,7 @@ mod tests {
 id = "acme"
 name = "Acme"
 project_id = 0
+send_budget = 0
 [tenants.destination]
 region = "eu"
 [tenants.auth.service_account]
@@ -235,6 +236,7 @@ schedule = "sometimes"
             err.contains("tenants[0] (acme): tenant.project_id"),
             "{err}"
         );
+        assert!(err.contains("tenant.send_budget"), "{err}");
         assert!(
             err.contains("syncs[0] (orders): sync.source: unknown source 'missing'"),
             "{err}"
