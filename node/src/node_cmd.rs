@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long = "drain-timeout", env = "FERRY_DRAIN_TIMEOUT", default_value = "10m", value_parser = crate::cli::parse_duration)]
     drain_timeout: Duration,
+    /// How many syncs run at once on this node (overrides node.max_runs; default 4). Syncs due
+    /// or triggered beyond that wait for a slot, in order.
+    #[arg(long = "max-runs", env = "FERRY_MAX_RUNS")]
+    max_runs: Option<usize>,
     /// Directory of the embedded state store (default: node.data_dir, else ./ferry-data).
     #[arg(long = "data", env = "FERRY_DATA")]
     data: Option<PathBuf>,
@@ -92,7 +96,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
     };
     let config_path = config;
-    let cfg = NodeConfig::load(&config_path)?;
+    let mut cfg = NodeConfig::load(&config_path)?;
+    if let Some(max_runs) = args.max_runs {
+        cfg.node.max_runs = max_runs;
+    }
     let mut jobs = cfg.jobs(&config_path)?;
     if !args.only.is_empty() {
         for id in &args.only {
@@ -137,10 +144,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             config_path.display()
         );
     }
+    // The node's run slots: a due sync waits for a permit (first come, first served).
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.node.max_runs.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for job in scheduled {
         let runner = Arc::clone(&runner);
         let notifier = notifier.clone();
+        let slots = Arc::clone(&slots);
         tasks.spawn(async move {
             // The next time is computed from the last run's start (from the run history
             // after a restart), so ticks missed while a run was still going, or while the node
@@ -156,6 +166,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(wait).await;
                 // max: the monotonic timer may wake a hair before the wall clock reaches `due`.
                 next = job.schedule.next_after(Utc::now().max(due));
+                let Ok(_slot) = slots.acquire().await else {
+                    break;
+                };
                 match runner
                     .run(&job.tenant, &job.source, &job.sync, Default::default())
                     .await
@@ -255,6 +268,9 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
     let mut settings = settings;
     if let Some(id) = &args.node_id {
         settings.id = id.clone();
+    }
+    if let Some(max_runs) = args.max_runs {
+        settings.max_runs = max_runs;
     }
     if args.etcd.is_empty() && (args.node_id.is_some() || args.capacity != 1) {
         bail!("--node-id and --capacity are for a cluster node: give --etcd too");

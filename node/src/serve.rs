@@ -84,6 +84,7 @@ pub async fn run(settings: &NodeSettings, options: ServeOptions) -> anyhow::Resu
     let store = Arc::new(store);
     let mut config = ServerConfig::new(options.listen, token, secrets);
     config.runner = runner_settings(settings);
+    config.max_runs = settings.max_runs.max(1);
     config.trigger_limit = options.trigger_limit;
     config.admin = AdminSettings {
         public_base_url: options.public_url,
@@ -118,6 +119,7 @@ async fn run_cluster_node(
 ) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(options.listen, token, secrets);
     config.runner = runner_settings(settings);
+    config.max_runs = settings.max_runs.max(1);
     config.trigger_limit = options.trigger_limit;
     config.admin = AdminSettings {
         public_base_url: options.public_url.clone(),
