@@ -241,13 +241,24 @@ impl RemoteAgents {
         }
     }
 
+    /// Calls `node`'s agent. `wait_for_link`: give a link being opened a moment (an action
+    /// someone asked for), else answer at once (a progress read, repeated by followers).
     async fn ask<T: Send + 'static>(
         &self,
         node: &str,
         within: Duration,
+        wait_for_link: bool,
         message: impl FnOnce(ractor::RpcReplyPort<Answer<T>>) -> AgentMsg,
     ) -> Result<T, Status> {
-        let agent = self.agent(node).await?;
+        let agent = match (wait_for_link, self.find_now(node)) {
+            (_, Some(agent)) => agent,
+            (true, None) => self.agent(node).await?,
+            (false, None) => {
+                return Err(Status::unavailable(format!(
+                    "node {node} cannot be reached: no link to it"
+                )))
+            }
+        };
         match agent.call(message, Some(within)).await {
             Ok(CallResult::Success(Ok(answer))) => Ok(answer),
             Ok(CallResult::Success(Err(refused))) => Err(refused.to_status()),
@@ -290,7 +301,7 @@ impl PeerRuns for RemoteAgents {
         reason: TriggerReason,
     ) -> Result<String, Status> {
         let sync = sync.clone();
-        self.ask(node, self.call_within, |reply| AgentMsg::StartRun {
+        self.ask(node, self.call_within, true, |reply| AgentMsg::StartRun {
             sync,
             reason,
             reply,
@@ -305,10 +316,12 @@ impl PeerRuns for RemoteAgents {
         run_id: &str,
     ) -> Result<Option<LiveRun>, Status> {
         let (sync, run_id) = (sync.clone(), run_id.to_string());
-        self.ask(node, self.call_within, |reply| AgentMsg::RunProgress {
-            sync,
-            run_id,
-            reply,
+        self.ask(node, self.call_within, false, |reply| {
+            AgentMsg::RunProgress {
+                sync,
+                run_id,
+                reply,
+            }
         })
         .await
     }
@@ -320,7 +333,7 @@ impl PeerRuns for RemoteAgents {
         run_id: &str,
     ) -> Result<Option<RunRecord>, Status> {
         let (sync, run_id) = (sync.clone(), run_id.to_string());
-        self.ask(node, CANCEL_WAIT + self.call_within, |reply| {
+        self.ask(node, CANCEL_WAIT + self.call_within, true, |reply| {
             AgentMsg::CancelRun {
                 sync,
                 run_id,
