@@ -28,7 +28,8 @@ pub enum ClusterInfo {
     /// A cluster node: etcd holds the nodes, assignments, claims and drains.
     #[cfg(feature = "etcd")]
     Etcd {
-        client: etcd_client::Client,
+        // Boxed: the client is large beside the embedded variant.
+        client: Box<etcd_client::Client>,
         node_id: String,
     },
 }

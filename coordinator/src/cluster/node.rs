@@ -124,7 +124,7 @@ impl ClusterNode {
             budget::REFRESH,
         );
         config.cluster = Some(crate::admin::cluster::ClusterInfo::Etcd {
-            client: client.clone(),
+            client: Box::new(client.clone()),
             node_id: node_id.clone(),
         });
         let mut links = NodeLinks::start(&node_id, secret).await?;
