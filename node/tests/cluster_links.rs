@@ -63,6 +63,21 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
         .iter()
         .map(|id| ClusterProcess::start(id, &etcd.endpoint(), &config, dir.path()))
         .collect();
+    // Every pair linked: node-1 dials node-2 and node-3, node-2 dials node-3.
+    let linking = Instant::now();
+    while nodes
+        .iter()
+        .map(|n| n.log().matches("link opened").count())
+        .sum::<usize>()
+        < 3
+    {
+        assert!(
+            linking.elapsed() < Duration::from_secs(10),
+            "the nodes did not link: {}",
+            nodes[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let client = rt
         .block_on(EtcdSettings::new(etcd.endpoints()).connect())
         .unwrap();
@@ -202,6 +217,18 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     let rows_mid_run = live["counts"]["rows_read"].as_u64().unwrap();
     assert!(rows_mid_run < ROWS, "seen mid-run: {live}");
 
+    // Followed through A (WatchRun) while C cancels it.
+    let follower = cli_common::ferry_for(&a.endpoint, Some(cli_common::OPERATOR_TOKEN))
+        .args([
+            "runs", "follow", "orders", &run_id, "--tenant", "acme", "-o", "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let follower = KillOnDrop(follower);
+    std::thread::sleep(Duration::from_millis(700));
+
     // Cancelled through C: B stops it and records it.
     let cancelled = c.json(&["runs", "cancel", "orders", &run_id, "--tenant", "acme"]);
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
@@ -215,6 +242,29 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     );
     let shown = a.json(&["runs", "get", "orders", &run_id, "--tenant", "acme"]);
     assert_eq!(shown["state"], "cancelled", "{shown}");
+    let mut follower = follower;
+    let ends = Instant::now() + Duration::from_secs(10);
+    while follower.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < ends, "the follower did not see the end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut followed = String::new();
+    std::io::Read::read_to_string(&mut follower.0.stdout.take().unwrap(), &mut followed).unwrap();
+    let snapshots: Vec<serde_json::Value> = followed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        snapshots
+            .iter()
+            .any(|r| r["state"] == "running" && r["trigger"] == "api"),
+        "A followed B's live run: {followed}"
+    );
+    assert_eq!(
+        snapshots.last().map(|r| r["state"].clone()),
+        Some("cancelled".into()),
+        "{followed}"
+    );
 
     // How soon a node starts a newly assigned sync after the coordinator wrote the
     // assignment: each hourly sync runs as soon as its node schedules it.

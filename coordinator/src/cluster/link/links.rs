@@ -241,8 +241,9 @@ impl RemoteAgents {
         }
     }
 
-    /// Calls `node`'s agent. `wait_for_link`: give a link being opened a moment (an action
-    /// someone asked for), else answer at once (a progress read, repeated by followers).
+    /// Calls `node`'s agent. `wait_for_link`: give a link being opened the full
+    /// `find_within` (an action someone asked for), else at most a second, about one pass
+    /// of the dialer (a progress read, which followers repeat every 0.5 s).
     async fn ask<T: Send + 'static>(
         &self,
         node: &str,
@@ -250,14 +251,12 @@ impl RemoteAgents {
         wait_for_link: bool,
         message: impl FnOnce(ractor::RpcReplyPort<Answer<T>>) -> AgentMsg,
     ) -> Result<T, Status> {
-        let agent = match (wait_for_link, self.find_now(node)) {
-            (_, Some(agent)) => agent,
-            (true, None) => self.agent(node).await?,
-            (false, None) => {
-                return Err(Status::unavailable(format!(
-                    "node {node} cannot be reached: no link to it"
-                )))
-            }
+        let agent = if wait_for_link {
+            self.agent(node).await?
+        } else {
+            let mut brief = self.clone();
+            brief.find_within = self.find_within.min(Duration::from_secs(1));
+            brief.agent(node).await?
         };
         match agent.call(message, Some(within)).await {
             Ok(CallResult::Success(Ok(answer))) => Ok(answer),
