@@ -13,6 +13,10 @@ use ferry_core::mapping::Unset;
 use ferry_core::value::Value;
 use std::hint::black_box;
 
+/// The `ferry` binary's allocator: the hot path allocates as it does in a sync.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROWS: u64 = 2000;
 
 fn sample_rows() -> Vec<Vec<Value>> {

@@ -53,14 +53,30 @@ fn content_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-/// Splits a JSON-array or NDJSON body into records. A JSON array must parse as a whole; in
-/// NDJSON each line stands alone, so one bad line fails only its own record.
+/// One record as framed in the body, not parsed yet: its JSON text, or why it cannot be read.
+pub type RawFramed<'a> = Result<&'a str, FieldError>;
+
+/// Splits a JSON-array or NDJSON body into records and parses each.
 pub fn frame_records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Framed>, BodyError> {
+    Ok(split_records(headers, body)?
+        .into_iter()
+        .map(parse_record)
+        .collect())
+}
+
+/// Splits a JSON-array or NDJSON body into records, without parsing them: a caller that parses
+/// each record just before using it holds one parsed record at a time, not the whole body's.
+/// A JSON array must be well-formed as a whole; in NDJSON each line stands alone, so one bad
+/// line fails only its own record.
+pub fn split_records<'a>(
+    headers: &HeaderMap,
+    body: &'a [u8],
+) -> Result<Vec<RawFramed<'a>>, BodyError> {
     let ctype = content_type(headers);
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let ndjson = ctype.contains("ndjson") || ctype.contains("jsonl") || first == Some(b'{');
     if ndjson {
-        return Ok(frame_ndjson(body));
+        return Ok(split_ndjson(body));
     }
     if first.is_none() {
         return Err(BodyError::Invalid("the request body is empty".into()));
@@ -76,18 +92,24 @@ pub fn frame_records(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Framed>, Bo
             "the request body is not a JSON array of events: {e}"
         ))
     })?;
-    Ok(items.into_iter().map(|raw| parse_one(raw.get())).collect())
+    Ok(items.into_iter().map(|raw| Ok(raw.get())).collect())
 }
 
-fn frame_ndjson(body: &[u8]) -> Vec<Framed> {
+/// Parses one record framed by [`split_records`].
+pub fn parse_record(raw: RawFramed<'_>) -> Framed {
+    parse_one(raw?)
+}
+
+fn split_ndjson(body: &[u8]) -> Vec<RawFramed<'_>> {
     body.split(|b| *b == b'\n')
         .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
-        .map(|line| match std::str::from_utf8(line) {
-            Ok(text) => parse_one(text),
-            Err(e) => Err(FieldError::new(
-                "event",
-                format!("the line is not valid UTF-8 (at byte {})", e.valid_up_to()),
-            )),
+        .map(|line| {
+            std::str::from_utf8(line).map_err(|e| {
+                FieldError::new(
+                    "event",
+                    format!("the line is not valid UTF-8 (at byte {})", e.valid_up_to()),
+                )
+            })
         })
         .collect()
 }

@@ -18,6 +18,10 @@ use ferry_bench::rows::{self, RowGen};
 use ferry_connectors::mixpanel::BatchBuilder;
 use ferry_core::mapping::Unset;
 
+/// The `ferry` binary's allocator: the floor allocates as a sync does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     #[command(subcommand)]

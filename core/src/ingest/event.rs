@@ -253,6 +253,11 @@ fn resolve_distinct_id(
 fn check_value(value: &mut Value, depth: usize, truncated: &mut usize) -> Result<(), String> {
     match value {
         Value::String(s) => {
+            // A string of at most that many bytes has at most that many characters: only
+            // longer ones need their characters counted.
+            if s.len() <= MAX_STRING_CHARS {
+                return Ok(());
+            }
             if let Some((cut, _)) = s.char_indices().nth(MAX_STRING_CHARS) {
                 s.truncate(cut);
                 *truncated += 1;

@@ -109,17 +109,12 @@ impl RowMapper {
         check_identity(&distinct_id).ok()?;
         let insert_id = string_of(find("$insert_id")?)?;
         check_insert_id(&insert_id).ok()?;
-        for e in &props {
-            if e.key != "distinct_id" && e.key != "$insert_id" && !fits(&e.value) {
-                return None;
-            }
-        }
 
         SCRATCH.with(|scratch| {
             let mut out = scratch.borrow_mut();
             out.clear();
-            write_event(&mut out, name, &props).ok()?;
-            if out.len() >= MAX_RECORD_BYTES {
+            // The properties are checked as they are written (one pass over each JSON tree).
+            if !write_event(&mut out, name, &props).ok()? || out.len() >= MAX_RECORD_BYTES {
                 return None;
             }
             Some(EncodedRecord {
@@ -204,25 +199,142 @@ fn fits_cell(v: &Value, depth: usize) -> bool {
     }
 }
 
-/// `{"event":…,"properties":{…}}` with serde_json's escaping and number formats.
-fn write_event(out: &mut Vec<u8>, name: &str, props: &[PropEntry<'_>]) -> serde_json::Result<()> {
+/// `{"event":…,"properties":{…}}` with serde_json's escaping and number formats. `false` (the
+/// output then unfinished) as soon as a property is found that validation would refuse or
+/// change ([`fits`]; `distinct_id` and `$insert_id` were checked by their own rules).
+fn write_event(out: &mut Vec<u8>, name: &str, props: &[PropEntry<'_>]) -> serde_json::Result<bool> {
     out.extend_from_slice(b"{\"event\":");
-    serde_json::to_writer(&mut *out, name)?;
+    write_str(out, name)?;
     out.extend_from_slice(b",\"properties\":{");
     for (k, e) in props.iter().enumerate() {
         if k > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut *out, e.key)?;
+        write_str(out, e.key)?;
         out.push(b':');
+        let checked = e.key != "distinct_id" && e.key != "$insert_id";
         match &e.value {
-            Prop::Json(j) => serde_json::to_writer(&mut *out, j)?,
+            Prop::Json(j) if checked => {
+                if !write_json_fitting(out, j, 0)? {
+                    return Ok(false);
+                }
+            }
+            Prop::Json(j) => write_json(out, j)?,
+            other if checked && !fits(other) => return Ok(false),
             Prop::Int(i) => serde_json::to_writer(&mut *out, i)?,
-            Prop::Str(s) => serde_json::to_writer(&mut *out, s.as_str())?,
+            Prop::Str(s) => write_str(out, s)?,
             Prop::Cell(v) => write_cell(out, v)?,
         }
     }
     out.extend_from_slice(b"}}");
+    Ok(true)
+}
+
+/// [`write_json`] and [`fits_json`] in one pass: writes `j` and says whether it fits.
+fn write_json_fitting(out: &mut Vec<u8>, j: &Json, depth: usize) -> serde_json::Result<bool> {
+    match j {
+        Json::String(s) => {
+            if !short(s) {
+                return Ok(false);
+            }
+            write_str(out, s)?;
+        }
+        Json::Array(items) => {
+            if items.len() >= ARRAY_ELEMENTS_EXCLUSIVE {
+                return Ok(false);
+            }
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if !write_json_fitting(out, item, depth)? {
+                    return Ok(false);
+                }
+            }
+            out.push(b']');
+        }
+        Json::Object(map) => {
+            if depth >= MAX_OBJECT_DEPTH || map.len() >= OBJECT_KEYS_EXCLUSIVE {
+                return Ok(false);
+            }
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, k)?;
+                out.push(b':');
+                if !write_json_fitting(out, v, depth + 1)? {
+                    return Ok(false);
+                }
+            }
+            out.push(b'}');
+        }
+        Json::Null | Json::Bool(_) | Json::Number(_) => write_json(out, j)?,
+    }
+    Ok(true)
+}
+
+/// True when serde_json writes `s` as it is between quotes: no control character, quote or
+/// backslash (it escapes nothing else). Checked 16 bytes at a time without an early exit, so
+/// the check compiles to vector compares; most strings of an event need no escaping.
+fn needs_no_escape(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    let mut chunks = bytes.chunks_exact(16);
+    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &b| any | special(b)) {
+            return false;
+        }
+    }
+    !chunks.remainder().iter().any(|&b| special(b))
+}
+
+/// A JSON string exactly as serde_json writes it.
+fn write_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if needs_no_escape(s) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(&mut *out, s)
+    }
+}
+
+/// A JSON value exactly as serde_json's compact writer writes it (numbers through serde_json
+/// itself), with the string fast path.
+fn write_json(out: &mut Vec<u8>, j: &Json) -> serde_json::Result<()> {
+    match j {
+        Json::Null => out.extend_from_slice(b"null"),
+        Json::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Json::Number(n) => serde_json::to_writer(&mut *out, n)?,
+        Json::String(s) => write_str(out, s)?,
+        Json::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item)?;
+            }
+            out.push(b']');
+        }
+        Json::Object(map) => {
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, k)?;
+                out.push(b':');
+                write_json(out, v)?;
+            }
+            out.push(b'}');
+        }
+    }
     Ok(())
 }
 
@@ -233,8 +345,8 @@ fn write_cell(out: &mut Vec<u8>, v: &Value) -> serde_json::Result<()> {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(i) => serde_json::to_writer(&mut *out, i)?,
-        Value::Text(s) => serde_json::to_writer(&mut *out, s.as_str())?,
-        Value::Json(j) => serde_json::to_writer(&mut *out, j)?,
+        Value::Text(s) => write_str(out, s)?,
+        Value::Json(j) => write_json(out, j)?,
         Value::Uuid(u) => {
             let mut buf = uuid::Uuid::encode_buffer();
             out.push(b'"');
@@ -249,4 +361,65 @@ fn write_cell(out: &mut Vec<u8>, v: &Value) -> serde_json::Result<()> {
         other => serde_json::to_writer(&mut *out, &other.to_property())?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The hand-written writer gives serde_json's bytes for every kind of value, and for strings
+    /// whose special characters sit before, across and after the 16-byte chunks.
+    #[test]
+    fn json_writer_matches_serde_json() {
+        let mut strings: Vec<String> = vec![
+            String::new(),
+            "plain".into(),
+            "é ü 日本 🚀 / <tag> & 'single'".into(),
+            "tab\there".into(),
+            "quote \" and backslash \\".into(),
+            "\u{0}\u{1f}\u{7f}\u{2028}".into(),
+        ];
+        for at in [0, 1, 15, 16, 17, 31, 32, 40] {
+            for special in ['"', '\\', '\n', '\u{1}'] {
+                let mut s = "x".repeat(41);
+                s.insert(at, special);
+                strings.push(s);
+            }
+        }
+        let value = json!({
+            "strings": strings,
+            "numbers": [0, -1, u64::MAX, i64::MIN, 1.5, -0.0, 1e300, 2.5e-8, 0.1],
+            "nested": {"a": [true, false, null, {"b": {}}, []], "é": "x"},
+        });
+        let mut ours = Vec::new();
+        write_json(&mut ours, &value).unwrap();
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string(&value).unwrap()
+        );
+        // Four levels of objects: one too many for validation, and the one-pass check agrees.
+        assert!(!fits_json(&value, 0));
+        assert!(!write_json_fitting(&mut Vec::new(), &value, 0).unwrap());
+        let fitting_value = json!({"strings": value["strings"], "numbers": value["numbers"],
+                                   "nested": {"a": [true, null, {"b": 1}, []]}});
+        let mut fitting = Vec::new();
+        assert!(fits_json(&fitting_value, 0));
+        assert!(write_json_fitting(&mut fitting, &fitting_value, 0).unwrap());
+        assert_eq!(fitting, serde_json::to_vec(&fitting_value).unwrap());
+        let too_long = json!({"a": ["x".repeat(MAX_STRING_CHARS + 1)]});
+        let too_deep = (0..=MAX_OBJECT_DEPTH).fold(json!(1), |v, _| json!({ "k": v }));
+        for (refused, label) in [(too_long, "long string"), (too_deep, "deep object")] {
+            assert!(!fits_json(&refused, 0), "{label}");
+            assert!(
+                !write_json_fitting(&mut Vec::new(), &refused, 0).unwrap(),
+                "{label}"
+            );
+        }
+        for s in &strings {
+            let mut ours = Vec::new();
+            write_str(&mut ours, s).unwrap();
+            assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
 }

@@ -11,7 +11,8 @@ use ferry_core::ingest::limits::{check_request, MAX_REQUEST_BYTES};
 use serde_json::Value;
 
 use super::{admit, finish, flag, now_ms, Params};
-use crate::body::{decode, frame_records, BodyError};
+use crate::body::{decode, parse_record, split_records, BodyError};
+use crate::config::StoreMode;
 use crate::reply::{self, FailedRecord};
 use crate::App;
 
@@ -42,7 +43,7 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
         }
         Err(BodyError::Invalid(m)) => return reply::error(StatusCode::BAD_REQUEST, m),
     };
-    let records = match frame_records(headers, &raw) {
+    let records = match split_records(headers, &raw) {
         Ok(r) => r,
         Err(BodyError::TooLarge) => {
             return reply::error(StatusCode::PAYLOAD_TOO_LARGE, "request too large")
@@ -63,11 +64,17 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
     let strict = flag(params, "strict");
     let rules = app.config.rules.event_rules();
     let now = now_ms();
-    let mut accepted: Vec<(DedupKey, Value)> = Vec::with_capacity(records.len());
+    // Counting mode keeps only dedup keys: each event is dropped as soon as it is validated, so
+    // a request's events are never all alive at once.
+    let keys_only = app.store.mode() == StoreMode::Memory;
+    let mut accepted: Vec<(DedupKey, Value)> =
+        Vec::with_capacity(if keys_only { 0 } else { records.len() });
+    let mut accepted_keys: Vec<DedupKey> =
+        Vec::with_capacity(if keys_only { records.len() } else { 0 });
     let mut failed = Vec::new();
     let mut truncated = 0u64;
     for (index, record) in records.into_iter().enumerate() {
-        let (mut event, len) = match record {
+        let (mut event, len) = match parse_record(record) {
             Ok(r) => r,
             Err(e) => {
                 failed.push(FailedRecord {
@@ -83,7 +90,11 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
         match validate_event(&mut event, len, &rules, now) {
             Ok(ok) => {
                 truncated += ok.truncated_strings as u64;
-                accepted.push((ok.key, event));
+                if keys_only {
+                    accepted_keys.push(ok.key);
+                } else {
+                    accepted.push((ok.key, event));
+                }
             }
             Err(e) => failed.push(FailedRecord {
                 index,
@@ -94,8 +105,13 @@ fn handle(app: &App, project: &str, params: &Params, headers: &HeaderMap, body: 
             }),
         }
     }
-    let imported = accepted.len();
-    let stored = match app.store.put_events(project, now, accepted) {
+    let imported = accepted.len() + accepted_keys.len();
+    let stored = if keys_only {
+        app.store.put_event_keys(project, &accepted_keys)
+    } else {
+        app.store.put_events(project, now, accepted)
+    };
+    let stored = match stored {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "receiver could not store events");

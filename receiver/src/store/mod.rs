@@ -210,16 +210,8 @@ impl Store {
             return Err(StoreError::UnknownProject(project.into()));
         }
         if self.mode == StoreMode::Memory {
-            let data = inner.project(project);
-            let mut out = EventsStored::default();
-            for (key, _) in &events {
-                if data.event_keys.insert(hash_key(key)) {
-                    out.new += 1;
-                } else {
-                    out.replaced += 1;
-                }
-            }
-            return Ok(out);
+            drop(inner);
+            return self.put_event_keys(project, events.iter().map(|(key, _)| key));
         }
         let entry = Entry::Events {
             project: project.into(),
@@ -228,6 +220,28 @@ impl Store {
         };
         inner.journal_append(&entry)?;
         Ok(inner.apply(entry).unwrap_or_default())
+    }
+
+    /// `memory` mode: records accepted events by their dedup keys alone (the events themselves
+    /// are not kept, so the caller can drop each one as soon as it is validated).
+    pub fn put_event_keys<'k>(
+        &self,
+        project: &str,
+        keys: impl IntoIterator<Item = &'k DedupKey>,
+    ) -> Result<EventsStored, StoreError> {
+        let mut inner = self.inner.lock();
+        let Some(data) = inner.projects.get_mut(project) else {
+            return Err(StoreError::UnknownProject(project.into()));
+        };
+        let mut out = EventsStored::default();
+        for key in keys {
+            if data.event_keys.insert(hash_key(key)) {
+                out.new += 1;
+            } else {
+                out.replaced += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes events by dedup key (the Ferry extension). Returns how many existed.
@@ -633,5 +647,35 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[&key(1)].event, json!({"v": 3}));
         assert_eq!(events[&key(1)].ingested_ms, 6);
+    }
+
+    #[test]
+    fn memory_mode_counts_keys_once_whichever_way_they_come() {
+        let store = Store::open(StoreMode::Memory, None, &project()).unwrap();
+        let stored = store
+            .put_event_keys("p", &[key(1), key(2), key(1)])
+            .unwrap();
+        assert_eq!(
+            stored,
+            EventsStored {
+                new: 2,
+                replaced: 1
+            }
+        );
+        let stored = store
+            .put_events("p", 7, vec![(key(2), json!({})), (key(3), json!({}))])
+            .unwrap();
+        assert_eq!(
+            stored,
+            EventsStored {
+                new: 1,
+                replaced: 1
+            }
+        );
+        assert_eq!(store.read("p", |d| d.event_count()), Some(3));
+        assert!(matches!(
+            store.put_event_keys("nope", &[key(1)]),
+            Err(StoreError::UnknownProject(_))
+        ));
     }
 }
