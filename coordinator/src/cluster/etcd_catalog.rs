@@ -534,7 +534,28 @@ impl Catalog for EtcdStore {
             sync_what(sync),
             vec![keys::runs_of(sync)],
         )
-        .await
+        .await?;
+        self.forget_placement(sync).await
+    }
+}
+
+impl EtcdStore {
+    /// A deleted sync's assignments and drain resume note: nothing is left for an agent to
+    /// schedule or a next owner to start. (The coordinator would drop a stale assignment at
+    /// its next pass; the resume note nothing else removes.)
+    async fn forget_placement(&self, sync: &SyncId) -> Result<(), CatalogError> {
+        use super::{assigner, keys as cluster_keys};
+        let placed = assigner::all_assignments(&self.client()).await?;
+        let mut ops = vec![TxnOp::delete(cluster_keys::resume(sync), None)];
+        for node in placed.get(sync).into_iter().flatten() {
+            ops.push(TxnOp::delete(cluster_keys::assignment(node, sync), None));
+        }
+        self.cat_txn(
+            &format!("forgetting where {} was placed", sync_what(sync)),
+            Txn::new().and_then(ops),
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -584,6 +605,60 @@ mod tests {
             return;
         };
         contract::concurrent_creates_of_one_object_let_one_win(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_deleted_sync_leaves_no_assignment_or_resume_note() {
+        use crate::cluster::{assigner, drain, keys as cluster_keys};
+        let Some((store, _etcd, _lease)) = store().await else {
+            return;
+        };
+        store
+            .create_tenant(&contract::tenant("acme"))
+            .await
+            .unwrap();
+        store
+            .create_source(&contract::source("acme", "pg"))
+            .await
+            .unwrap();
+        let (gone, kept) = (
+            SyncId::new("acme", "gone").unwrap(),
+            SyncId::new("acme", "kept").unwrap(),
+        );
+        let mut client = store.client();
+        for id in [&gone, &kept] {
+            store
+                .create_sync(&contract::sync("acme", id.sync(), "pg"))
+                .await
+                .unwrap();
+            client
+                .put(cluster_keys::assignment("node-1", id), "{}", None)
+                .await
+                .unwrap();
+            drain::mark_resume(&client, id).await.unwrap();
+        }
+        // An assignment left on a second node (a move not yet cleaned up) goes too.
+        client
+            .put(cluster_keys::assignment("node-2", &gone), "{}", None)
+            .await
+            .unwrap();
+
+        store.delete_sync(&gone).await.unwrap();
+
+        let placed = assigner::all_assignments(&client).await.unwrap();
+        assert!(!placed.contains_key(&gone), "{placed:?}");
+        assert_eq!(placed.get(&kept).map(|n| n.len()), Some(1), "{placed:?}");
+        let note = |id: &SyncId| {
+            let mut client = client.clone();
+            let key = cluster_keys::resume(id);
+            async move { client.get(key, None).await.unwrap().count() }
+        };
+        assert_eq!(note(&gone).await, 0, "the resume note of the deleted sync");
+        assert_eq!(note(&kept).await, 1, "another sync's note stays");
+        assert!(matches!(
+            store.delete_sync(&gone).await,
+            Err(CatalogError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]
