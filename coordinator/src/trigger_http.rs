@@ -14,6 +14,10 @@
 //!
 //! Every error body is JSON: `{"error": "<code>", "message": "<what happened>"}`.
 //!
+//! On a cluster node the run starts on the node the sync is assigned to, as the gRPC
+//! `TriggerSync` does ([`Peers::start_on_assigned_node`]); the answers name that node
+//! (`"node"`), and a 503 says which node could not be reached.
+//!
 //! The limit is a sliding window kept in this node's memory: it counts the requests that
 //! reached an existing sync (202 and 409) in the last `window`, is not shared between nodes
 //! (behind a load balancer each node allows the limit) and starts empty when the node restarts.
@@ -33,6 +37,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use crate::cluster::link::Peers;
 use crate::records::SyncId;
 use crate::schedule::{Clock, Scheduler, SyncTrigger, TriggerError, TriggerReason};
 
@@ -89,6 +94,7 @@ pub struct TriggerHttp {
     limit: TriggerLimit,
     recent: Arc<Mutex<HashMap<SyncId, VecDeque<DateTime<Utc>>>>>,
     scheduler: Option<Scheduler>,
+    peers: Option<Peers>,
 }
 
 impl TriggerHttp {
@@ -105,7 +111,14 @@ impl TriggerHttp {
             limit,
             recent: Arc::default(),
             scheduler: None,
+            peers: None,
         }
+    }
+
+    /// A cluster node: start each run on the node its sync is assigned to.
+    pub fn with_peers(mut self, peers: Option<Peers>) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// Tells `scheduler` of every run started here, so an `every N` schedule counts its
@@ -256,6 +269,25 @@ async fn trigger(
             after,
         );
     }
+    if let Some(peers) = &state.peers {
+        match peers
+            .start_on_assigned_node(&sync_id, TriggerReason::Http)
+            .await
+        {
+            Ok(Some(forwarded)) => return forwarded_answer(&state, &sync_id, now, forwarded),
+            Ok(None) => {}
+            Err(status) => {
+                return with_retry_after(
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("where sync {sync_id} runs could not be read: {}", status.message()),
+                    ),
+                    Duration::from_secs(5),
+                )
+            }
+        }
+    }
     match state.trigger.trigger(&sync_id, TriggerReason::Http).await {
         Ok(run_id) => {
             state.count(&sync_id, now);
@@ -297,6 +329,52 @@ async fn trigger(
             ),
             Duration::from_secs(30),
         ),
+    }
+}
+
+/// The answer for a trigger passed on to the sync's node: its refusals keep their meaning
+/// (the node's own message, its id in `"node"`).
+fn forwarded_answer(
+    state: &TriggerHttp,
+    sync_id: &SyncId,
+    now: DateTime<Utc>,
+    forwarded: crate::cluster::link::Forwarded,
+) -> Response {
+    let node = forwarded.node;
+    let refused = match forwarded.run {
+        Ok(run_id) => {
+            state.count(sync_id, now);
+            return (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "run_id": run_id,
+                    "tenant": sync_id.tenant(),
+                    "sync": sync_id.sync(),
+                    "node": node,
+                })),
+            )
+                .into_response();
+        }
+        Err(refused) => refused,
+    };
+    let (status, code) = match refused.code() {
+        tonic::Code::AlreadyExists => (StatusCode::CONFLICT, "already_running"),
+        tonic::Code::FailedPrecondition => (StatusCode::CONFLICT, "paused"),
+        tonic::Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    if status == StatusCode::CONFLICT {
+        state.count(sync_id, now);
+    }
+    let response = (
+        status,
+        Json(json!({ "error": code, "message": refused.message(), "node": node })),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        with_retry_after(response, Duration::from_secs(30))
+    } else {
+        response
     }
 }
 

@@ -159,6 +159,24 @@ impl ClusterApi {
         })
     }
 
+    /// The live counters of a run on another node, asked over the link (None: no link, or
+    /// it ended there: the stored counters are shown, as of its last commit).
+    async fn live_on(
+        &self,
+        node: &str,
+        id: &SyncId,
+        run_id: &str,
+    ) -> Option<crate::records::RunCounts> {
+        let crate::cluster::link::Peers(peers) = self.admin.settings.peers.as_ref()?;
+        match peers.live_run(node, id, run_id).await {
+            Ok(live) => live.map(|l| l.record.counts),
+            Err(e) => {
+                tracing::debug!(sync = %id, run = %run_id, %node, error = %e, "live counters not read from the run's node");
+                None
+            }
+        }
+    }
+
     fn no_such_node(node_id: &str) -> Status {
         Status::not_found(format!("no live node has the id '{node_id}'"))
     }
@@ -240,12 +258,13 @@ impl Cluster for ClusterApi {
                 .await
                 .map_err(|e| errors::store(&e))?;
             if let Some(run) = newest.into_iter().find(|r| !r.state.is_terminal()) {
-                let counts = self
-                    .admin
-                    .runs
-                    .active_run(&id, &run.run_id)
-                    .map(|a| a.snapshot().counts)
-                    .unwrap_or(run.counts);
+                let counts = match self.admin.runs.active_run(&id, &run.run_id) {
+                    Some(here) => here.snapshot().counts,
+                    None => self
+                        .live_on(&entry.running_on, &id, &run.run_id)
+                        .await
+                        .unwrap_or(run.counts),
+                };
                 entry.run_id = run.run_id.clone();
                 entry.run_state = run_state_pb(run.state) as i32;
                 entry.rows_read = counts.rows_read;

@@ -183,7 +183,8 @@ pub async fn start(
             config.clock.clone(),
             config.trigger_limit,
         )
-        .with_scheduler(scheduler.clone()),
+        .with_scheduler(scheduler.clone())
+        .with_peers(config.admin.peers.clone()),
     );
     let cluster_admin = admin.clone();
     let mut api = routes(admin).await?;

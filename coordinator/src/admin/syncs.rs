@@ -14,7 +14,6 @@ use super::convert::{sync_json, sync_pb, time};
 use super::specs::{prepare, redacted_spec, sync_object, SYNC_SECRETS};
 use super::{errors, expected_version, parse, sync_id, Admin};
 use crate::catalog::{Stored, SyncRecord};
-use crate::cluster::link::Peers;
 use crate::records::SyncId;
 use crate::schedule::TriggerReason;
 use crate::secrets::Plain;
@@ -350,10 +349,12 @@ impl Syncs for SyncsApi {
         let id = sync_id(&tenant, &req.id)?;
         // In a cluster the sync runs where the coordinator assigned it: that node's agent
         // starts it (UNAVAILABLE, naming the node, when it cannot be reached).
-        if let Some(Peers(peers)) = &admin.settings.peers {
-            if let Some(node) = peers.assigned_node(&id).await? {
-                let run_id = peers.start_run(&node, &id, TriggerReason::Api).await?;
-                tracing::info!(sync = %id, run = %run_id, %node, "sync triggered on its node");
+        if let Some(peers) = &admin.settings.peers {
+            if let Some(forwarded) = peers
+                .start_on_assigned_node(&id, TriggerReason::Api)
+                .await?
+            {
+                let run_id = forwarded.run?;
                 return Ok(Response::new(pb::TriggerSyncResponse { run_id }));
             }
         }

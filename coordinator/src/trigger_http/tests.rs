@@ -77,6 +77,10 @@ fn sync_id(tenant: &str, sync: &str) -> SyncId {
 }
 
 async fn serve(limit: TriggerLimit) -> Server {
+    serve_with(limit, None).await
+}
+
+async fn serve_with(limit: TriggerLimit, peers: Option<Peers>) -> Server {
     let clock = ManualClock::new(Utc::now());
     let mut runs = Runs::default();
     runs.known.insert(sync_id("acme", "orders"));
@@ -88,7 +92,8 @@ async fn serve(limit: TriggerLimit) -> Server {
         Arc::new(Tokens),
         Arc::new(clock.clone()),
         limit,
-    );
+    )
+    .with_peers(peers);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
@@ -377,4 +382,135 @@ async fn an_http_run_restarts_an_every_schedules_interval() {
         Some(clock.now() + Span::hours(2))
     );
     task.abort();
+}
+
+/// Stands in for the cluster's other nodes: where syncs are assigned, and what their agents
+/// answer (a node called `node-gone` cannot be reached; a sync called `busy` is running).
+#[derive(Default)]
+struct FakePeers {
+    assigned: HashMap<SyncId, String>,
+    started: Mutex<Vec<(String, SyncId, TriggerReason)>>,
+}
+
+#[async_trait]
+impl crate::cluster::link::PeerRuns for FakePeers {
+    fn node_id(&self) -> &str {
+        "node-a"
+    }
+
+    async fn assigned_node(&self, sync: &SyncId) -> Result<Option<String>, tonic::Status> {
+        Ok(self.assigned.get(sync).cloned())
+    }
+
+    async fn start_run(
+        &self,
+        node: &str,
+        sync: &SyncId,
+        reason: TriggerReason,
+    ) -> Result<String, tonic::Status> {
+        if node == "node-gone" {
+            return Err(tonic::Status::unavailable(format!(
+                "node {node} cannot be reached: no link to it"
+            )));
+        }
+        if sync.sync() == "busy" {
+            return Err(tonic::Status::already_exists(format!(
+                "sync {sync} is already running (run r9)"
+            )));
+        }
+        let mut started = self.started.lock();
+        started.push((node.to_string(), sync.clone(), reason));
+        Ok(format!("{node}-run-{}", started.len()))
+    }
+
+    async fn live_run(
+        &self,
+        _node: &str,
+        _sync: &SyncId,
+        _run_id: &str,
+    ) -> Result<Option<crate::cluster::link::messages::LiveRun>, tonic::Status> {
+        Ok(None)
+    }
+
+    async fn cancel_run(
+        &self,
+        _node: &str,
+        _sync: &SyncId,
+        _run_id: &str,
+    ) -> Result<Option<crate::records::RunRecord>, tonic::Status> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn on_a_cluster_node_the_run_starts_on_the_syncs_assigned_node() {
+    let mut peers = FakePeers::default();
+    for (sync, node) in [
+        ("orders", "node-b"),
+        ("busy", "node-b"),
+        ("stranded", "node-gone"),
+    ] {
+        peers.assigned.insert(sync_id("acme", sync), node.into());
+    }
+    let peers = Arc::new(peers);
+    let server = serve_with(
+        TriggerLimit {
+            max: 2,
+            window: Duration::from_secs(3600),
+        },
+        Some(Peers(peers.clone())),
+    )
+    .await;
+    let url = server.url("acme", "orders");
+
+    // Assigned to node-b: node-b's agent starts it (as an HTTP trigger); not run here.
+    let (status, _, body) = server.put(&url, Some("acme-token")).await;
+    assert_eq!(status, Status::ACCEPTED, "{body}");
+    assert_eq!(body["run_id"], "node-b-run-1", "{body}");
+    assert_eq!(body["node"], "node-b", "{body}");
+    assert_eq!(
+        peers.started.lock().as_slice(),
+        [("node-b".to_string(), sync_id("acme", "orders"), TriggerReason::Http)]
+    );
+    assert_eq!(server.manager.0.lock().started, 0, "not started here");
+
+    // Assigned nowhere (e.g. paused, or placed at the next pass): this node starts it.
+    let (status, _, body) = server.put(&server.url("acme", "users"), Some("acme-token")).await;
+    assert_eq!(status, Status::ACCEPTED, "{body}");
+    assert_eq!(body["run_id"], "run-1", "{body}");
+    assert_eq!(server.manager.0.lock().started, 1);
+
+    // The owner cannot be reached: 503 naming it, and the sync's budget is not used up.
+    for _ in 0..3 {
+        let (status, headers, body) = server
+            .put(&server.url("acme", "stranded"), Some("acme-token"))
+            .await;
+        assert_eq!(status, Status::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert_eq!(body["node"], "node-gone", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("node-gone"),
+            "{body}"
+        );
+        assert!(headers.get("retry-after").is_some());
+    }
+
+    // Running on its node: 409 with that node's word.
+    let busy = server.url("acme", "busy");
+    let (status, _, body) = server.put(&busy, Some("acme-token")).await;
+    assert_eq!(status, Status::CONFLICT, "{body}");
+    assert_eq!(body["error"], "already_running", "{body}");
+    assert_eq!(body["node"], "node-b", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("r9"), "{body}");
+
+    // The limit counts the triggers passed on: the second is let through, the third not.
+    let (status, _, body) = server.put(&url, Some("acme-token")).await;
+    assert_eq!(status, Status::ACCEPTED, "{body}");
+    let (status, headers, body) = server.put(&url, Some("acme-token")).await;
+    assert_eq!(status, Status::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(peers.started.lock().len(), 2);
+    // Another tenant's token is refused before anything is passed on.
+    let (status, _, _) = server.put(&busy, Some("globex-token")).await;
+    assert_eq!(status, Status::FORBIDDEN);
 }

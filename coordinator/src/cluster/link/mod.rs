@@ -125,6 +125,37 @@ pub trait PeerRuns: Send + Sync {
 #[derive(Clone)]
 pub struct Peers(pub Arc<dyn PeerRuns>);
 
+/// A trigger passed on to the node a sync is assigned to, and what that node answered.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub node: String,
+    /// The run id, or the node's refusal (UNAVAILABLE, naming the node, when it cannot be
+    /// reached).
+    pub run: Result<String, Status>,
+}
+
+impl Peers {
+    /// Starts `sync` on the node the coordinator assigned it to (this node's own agent when
+    /// that is this node), as the gRPC `TriggerSync` and the HTTP trigger both do. None: the
+    /// sync is assigned nowhere now, so the caller starts it here (its claim still guards
+    /// it). Err: the assignments could not be read.
+    pub async fn start_on_assigned_node(
+        &self,
+        sync: &SyncId,
+        reason: TriggerReason,
+    ) -> Result<Option<Forwarded>, Status> {
+        let Some(node) = self.0.assigned_node(sync).await? else {
+            return Ok(None);
+        };
+        let run = self.0.start_run(&node, sync, reason).await;
+        match &run {
+            Ok(run_id) => tracing::info!(sync = %sync, run = %run_id, %node, "sync triggered on its node"),
+            Err(e) => tracing::info!(sync = %sync, %node, error = %e, "the sync's node did not start it"),
+        }
+        Ok(Some(Forwarded { node, run }))
+    }
+}
+
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Peers({})", self.0.node_id())
