@@ -50,6 +50,11 @@ pub struct NodeArgs {
     /// With --etcd: this node's id (overrides node.id).
     #[arg(long = "node-id", env = "FERRY_NODE_ID")]
     node_id: Option<String>,
+    /// With --etcd: the address other nodes dial this node at, and that `ferry nodes list`
+    /// shows, as HOST:PORT (in Kubernetes: the pod IP, from status.podIP, and the port).
+    /// Default: the --listen address, which must then not be 0.0.0.0 or ::.
+    #[arg(long = "advertise-addr", env = "FERRY_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
     /// With --etcd: this node's share of the syncs relative to the others (0 takes none).
     #[arg(long, env = "FERRY_CAPACITY", default_value_t = 1)]
     capacity: u32,
@@ -247,6 +252,48 @@ fn cluster_secret(
     ferry_coordinator::cluster::link::ClusterSecret::new(&text).with_context(|| what)
 }
 
+/// The address a cluster node registers for its peers to dial: `--advertise-addr` if given,
+/// else the `--listen` address. An unspecified address (0.0.0.0, ::) is refused: other nodes
+/// cannot dial it.
+fn advertised_address(
+    listen: std::net::SocketAddr,
+    advertise: Option<&str>,
+) -> anyhow::Result<String> {
+    let Some(given) = advertise.map(str::trim) else {
+        if listen.ip().is_unspecified() {
+            bail!(
+                "--listen {listen} is not an address other nodes can dial: give --advertise-addr HOST:PORT (FERRY_ADVERTISE_ADDR; in Kubernetes the pod IP and the port) or listen on a specific address"
+            );
+        }
+        return Ok(listen.to_string());
+    };
+    let bad = |why: &str| anyhow::anyhow!("--advertise-addr '{given}': {why}");
+    if given.contains("://") {
+        return Err(bad("give HOST:PORT, without a scheme"));
+    }
+    let (host, port) = given
+        .rsplit_once(':')
+        .ok_or_else(|| bad("give HOST:PORT, e.g. 10.0.3.7:7700"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(bad("the port must be a number from 1 to 65535")),
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() || bare.contains(char::is_whitespace) {
+        return Err(bad("give the host (a name or an IP address)"));
+    }
+    if bare.contains(':') && !host.starts_with('[') {
+        return Err(bad("write an IPv6 address in brackets, e.g. [fd00::7]:7700"));
+    }
+    if bare
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(bad("0.0.0.0 and :: cannot be dialed by other nodes"));
+    }
+    Ok(given.to_string())
+}
+
 /// `--listen`: the admin API. A config file, if given, may only hold [node] settings.
 async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     if args.once || !args.only.is_empty() {
@@ -272,8 +319,10 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
     if let Some(max_runs) = args.max_runs {
         settings.max_runs = max_runs;
     }
-    if args.etcd.is_empty() && (args.node_id.is_some() || args.capacity != 1) {
-        bail!("--node-id and --capacity are for a cluster node: give --etcd too");
+    if args.etcd.is_empty()
+        && (args.node_id.is_some() || args.capacity != 1 || args.advertise_addr.is_some())
+    {
+        bail!("--node-id, --capacity and --advertise-addr are for a cluster node: give --etcd too");
     }
     let secret = if args.etcd.is_empty() {
         if args.cluster_secret_file.is_some() {
@@ -283,8 +332,13 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
     } else {
         Some(cluster_secret(args.cluster_secret_file.as_deref())?)
     };
+    let advertise = match &secret {
+        Some(_) => advertised_address(listen, args.advertise_addr.as_deref())?,
+        None => String::new(),
+    };
     let cluster = secret.map(|secret| crate::serve::ClusterOptions {
         secret,
+        advertise,
         etcd: args.etcd.clone(),
         capacity: args.capacity,
         lease_ttl: Duration::from_secs(args.lease_ttl),
@@ -306,4 +360,63 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_address;
+
+    #[test]
+    fn the_advertised_address_is_one_other_nodes_can_dial() {
+        let listen = |a: &str| a.parse::<std::net::SocketAddr>().unwrap();
+        // Without --advertise-addr: a specific --listen address is advertised as it is.
+        assert_eq!(
+            advertised_address(listen("10.0.3.7:7700"), None).unwrap(),
+            "10.0.3.7:7700"
+        );
+        assert_eq!(
+            advertised_address(listen("[fd00::7]:7700"), None).unwrap(),
+            "[fd00::7]:7700"
+        );
+        // An unspecified --listen needs --advertise-addr.
+        for any in ["0.0.0.0:7700", "[::]:7700"] {
+            let refused = advertised_address(listen(any), None).unwrap_err().to_string();
+            assert!(
+                refused.contains("--advertise-addr") && refused.contains(any),
+                "{refused}"
+            );
+            assert_eq!(
+                advertised_address(listen(any), Some(" 10.0.3.7:7700 ")).unwrap(),
+                "10.0.3.7:7700"
+            );
+        }
+        assert_eq!(
+            advertised_address(listen("0.0.0.0:7700"), Some("ferry-1.ferry:7700")).unwrap(),
+            "ferry-1.ferry:7700"
+        );
+        assert_eq!(
+            advertised_address(listen("0.0.0.0:7700"), Some("[fd00::7]:7700")).unwrap(),
+            "[fd00::7]:7700"
+        );
+        // --advertise-addr overrides a specific --listen too.
+        assert_eq!(
+            advertised_address(listen("127.0.0.1:7700"), Some("10.0.3.7:7701")).unwrap(),
+            "10.0.3.7:7701"
+        );
+        for (bad, says) in [
+            ("0.0.0.0:7700", "cannot be dialed"),
+            ("[::]:7700", "cannot be dialed"),
+            ("10.0.3.7", "HOST:PORT"),
+            ("10.0.3.7:0", "port"),
+            ("10.0.3.7:http", "port"),
+            (":7700", "host"),
+            ("http://10.0.3.7:7700", "scheme"),
+            ("fd00::7:7700", "brackets"),
+        ] {
+            let refused = advertised_address(listen("0.0.0.0:7700"), Some(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains(bad) && refused.contains(says), "{bad}: {refused}");
+        }
+    }
 }

@@ -43,6 +43,8 @@ pub struct ServeOptions {
 pub struct ClusterOptions {
     /// The cluster's shared secret, carried by the links between nodes.
     pub secret: ferry_coordinator::cluster::link::ClusterSecret,
+    /// The address peers dial this node at and `nodes list` shows (HOST:PORT).
+    pub advertise: String,
     pub etcd: Vec<String>,
     pub capacity: u32,
     pub lease_ttl: Duration,
@@ -125,11 +127,8 @@ async fn run_cluster_node(
         public_base_url: options.public_url.clone(),
         ..AdminSettings::default()
     };
-    let address = options
-        .public_url
-        .clone()
-        .unwrap_or_else(|| options.listen.to_string());
-    let mut membership = MembershipSettings::new(&settings.id, address, cluster.capacity);
+    let mut membership =
+        MembershipSettings::new(&settings.id, cluster.advertise.clone(), cluster.capacity);
     membership.ttl = cluster.lease_ttl;
     let mut cluster_settings =
         ClusterSettings::new(EtcdSettings::new(cluster.etcd.iter().cloned()), membership);
