@@ -72,6 +72,10 @@ fn print_secret_key() {
 }
 
 fn main() -> std::process::ExitCode {
+    // rustls is linked with both ring and aws-lc-rs (ractor_cluster's tokio-rustls), so a
+    // builder without a named provider would panic: make ring the process default once. Err
+    // only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // The quickstart talks to people through its own output; keep the logs to warnings.
     let level = if matches!(cli.command, Command::Quickstart(_) | Command::Admin(_)) {

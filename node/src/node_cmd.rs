@@ -67,6 +67,18 @@ pub struct NodeArgs {
     /// between nodes carry it. At least 16 characters (e.g. the output of `ferry secret-key`).
     #[arg(long = "cluster-secret-file", env = "FERRY_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<PathBuf>,
+    /// With --listen: serve TLS on the port — the admin API, the links between nodes and the
+    /// HTTP trigger URLs alike — with this certificate chain (PEM). Needs --tls-key. A cluster
+    /// node with TLS registers https:// and links only with nodes that have TLS too.
+    #[arg(long = "tls-cert", env = "FERRY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// With --tls-cert: its private key (PEM).
+    #[arg(long = "tls-key", env = "FERRY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// With --etcd and --tls-cert: the CA (PEM) that signed the other nodes' certificates,
+    /// which links verify them against. Default: the system's roots.
+    #[arg(long = "cluster-ca-cert", env = "FERRY_CLUSTER_CA_CERT")]
+    cluster_ca_cert: Option<PathBuf>,
     /// With --etcd: while the node drains (SIGTERM, or `ferry nodes drain`), how long its runs
     /// may still take before they are cancelled (each resumes elsewhere from its last commit):
     /// seconds, or with a unit (90s, 10m). Keep it below Kubernetes'
@@ -94,6 +106,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if !args.etcd.is_empty() {
         bail!("--etcd joins a cluster served through the admin API: give --listen ADDR too");
+    }
+    if args.tls_cert.is_some() || args.tls_key.is_some() {
+        bail!("--tls-cert and --tls-key are for the admin API's port: give --listen ADDR too");
     }
     let Some(config) = args.config.clone() else {
         bail!(
@@ -229,6 +244,27 @@ async fn notify(notifier: &Notifier, runner: &SyncRunner, job: &Job, run: &RunRe
 
 pub const CLUSTER_SECRET_ENV: &str = "FERRY_CLUSTER_SECRET";
 
+/// `--tls-cert` and `--tls-key`: both or neither, read and checked before anything starts.
+fn server_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<ferry_coordinator::admin::tls::ServerTls>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(ferry_coordinator::admin::tls::ServerTls::from_files(
+            cert, key,
+        )?)),
+        (Some(cert), None) => bail!(
+            "--tls-cert {} needs --tls-key (FERRY_TLS_KEY): the certificate's private key",
+            cert.display()
+        ),
+        (None, Some(key)) => bail!(
+            "--tls-key {} needs --tls-cert (FERRY_TLS_CERT): the certificate it belongs to",
+            key.display()
+        ),
+    }
+}
+
 /// The cluster's shared secret: the file if one is named, else the environment. A cluster
 /// node refuses to start without it.
 fn cluster_secret(
@@ -344,6 +380,21 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
         lease_ttl: Duration::from_secs(args.lease_ttl),
         drain_timeout: args.drain_timeout,
     });
+    let tls = server_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
+    let cluster_ca = match &args.cluster_ca_cert {
+        None => None,
+        Some(path) if args.etcd.is_empty() || tls.is_none() => bail!(
+            "--cluster-ca-cert {} verifies the links of a cluster node with TLS: give --etcd and --tls-cert/--tls-key too",
+            path.display()
+        ),
+        Some(path) => {
+            // Checked now, so a bad file stops the start instead of every link.
+            ferry_coordinator::admin::tls::read_certificates("--cluster-ca-cert", path)?;
+            Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("--cluster-ca-cert {}: {e}", path.display())
+            })?)
+        }
+    };
     let data_dir = args
         .data
         .or(settings.data_dir.clone())
@@ -357,6 +408,8 @@ async fn serve(args: NodeArgs, listen: std::net::SocketAddr) -> anyhow::Result<(
             public_url: args.public_url,
             trigger_limit: args.trigger_limit,
             cluster,
+            tls,
+            cluster_ca,
         },
     )
     .await

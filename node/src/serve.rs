@@ -17,6 +17,7 @@ use ferry_coordinator::admin::server::{start, ServerConfig};
 use ferry_coordinator::admin::{AdminSettings, MIN_OPERATOR_TOKEN};
 use ferry_coordinator::catalog::Catalog;
 use ferry_coordinator::cluster::connection::EtcdSettings;
+use ferry_coordinator::cluster::link::peers::LinkTls;
 use ferry_coordinator::cluster::membership::MembershipSettings;
 use ferry_coordinator::cluster::node::{ClusterNode, ClusterSettings};
 use ferry_coordinator::secrets::SecretBox;
@@ -37,6 +38,10 @@ pub struct ServeOptions {
     pub trigger_limit: TriggerLimit,
     /// Join a cluster on etcd instead of keeping state in the embedded store.
     pub cluster: Option<ClusterOptions>,
+    /// TLS on the port (`--tls-cert`, `--tls-key`); a cluster node's links then use TLS too.
+    pub tls: Option<ferry_coordinator::admin::tls::ServerTls>,
+    /// The CA (PEM) that links verify peers against (`--cluster-ca-cert`; None: system roots).
+    pub cluster_ca: Option<Vec<u8>>,
 }
 
 /// `--etcd` and its companions.
@@ -88,6 +93,7 @@ pub async fn run(settings: &NodeSettings, options: ServeOptions) -> anyhow::Resu
     config.runner = runner_settings(settings);
     config.max_runs = settings.max_runs.max(1);
     config.trigger_limit = options.trigger_limit;
+    config.tls = options.tls;
     config.admin = AdminSettings {
         public_base_url: options.public_url,
         ..AdminSettings::default()
@@ -123,17 +129,26 @@ async fn run_cluster_node(
     config.runner = runner_settings(settings);
     config.max_runs = settings.max_runs.max(1);
     config.trigger_limit = options.trigger_limit;
+    config.tls = options.tls.clone();
     config.admin = AdminSettings {
         public_base_url: options.public_url.clone(),
         ..AdminSettings::default()
     };
-    let mut membership =
-        MembershipSettings::new(&settings.id, cluster.advertise.clone(), cluster.capacity);
+    // Peers dial a node with TLS at https://.
+    let advertise = match &options.tls {
+        Some(_) => format!("https://{}", cluster.advertise),
+        None => cluster.advertise.clone(),
+    };
+    let mut membership = MembershipSettings::new(&settings.id, advertise, cluster.capacity);
     membership.ttl = cluster.lease_ttl;
     let mut cluster_settings =
         ClusterSettings::new(EtcdSettings::new(cluster.etcd.iter().cloned()), membership);
     cluster_settings.drain_timeout = cluster.drain_timeout;
     cluster_settings.secret = Some(cluster.secret.clone());
+    cluster_settings.link_tls = match &options.tls {
+        Some(_) => LinkTls::verified_by(options.cluster_ca.clone()),
+        None => LinkTls::plain(),
+    };
     tracing::info!(
         node = %settings.id,
         etcd = %cluster.etcd.join(","),

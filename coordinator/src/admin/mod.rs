@@ -18,6 +18,7 @@ mod sources;
 pub mod specs;
 mod syncs;
 mod tenants;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// ([`crate::cluster::link`]).
     pub peer_services:
         Option<Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>>,
+    /// TLS for everything on the port (None: plain HTTP/2 and HTTP/1.1).
+    pub tls: Option<super::tls::ServerTls>,
 }
 
 impl ServerConfig {
@@ -62,6 +64,7 @@ impl ServerConfig {
             cluster: None,
             max_runs: crate::run_manager::DEFAULT_MAX_RUNS,
             peer_services: None,
+            tls: None,
         }
     }
 }
@@ -72,6 +75,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("secrets", &self.secrets)
             .field("admin", &self.admin)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -217,18 +221,22 @@ pub async fn start(
         super::cluster::ClusterApi::new(cluster_admin, cluster),
     ));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            // HTTP/1.1 for the trigger URL; gRPC arrives over HTTP/2 on the same port.
-            .accept_http1(true)
-            .add_routes(api)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async {
-                    let _ = server_stopped.await;
-                },
-            ),
-    );
+    let router = tonic::transport::Server::builder()
+        // HTTP/1.1 for the trigger URL; gRPC arrives over HTTP/2 on the same port.
+        .accept_http1(true)
+        .add_routes(api);
+    let stopped = async {
+        let _ = server_stopped.await;
+    };
+    let server = match &config.tls {
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(tls.incoming(listener), stopped),
+        ),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            stopped,
+        )),
+    };
     let (stop_scheduler, scheduler_stopped) = oneshot::channel::<()>();
     let scheduler_task = {
         let scheduler = scheduler.clone();
@@ -240,7 +248,7 @@ pub async fn start(
                 .await
         })
     };
-    tracing::info!(%addr, scheduled, "admin API listening (gRPC with reflection and health; HTTP trigger URLs)");
+    tracing::info!(%addr, scheduled, tls = config.tls.is_some(), "admin API listening (gRPC with reflection and health; HTTP trigger URLs)");
     Ok(RunningServer {
         addr,
         runs,

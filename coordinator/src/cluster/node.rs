@@ -19,6 +19,7 @@ use super::drain::{self, DrainRecord, Drained};
 use super::election::{Election, Role};
 use super::etcd_store::{EtcdStore, EtcdStoreSettings};
 use super::link::actor::AgentState;
+use super::link::peers::LinkTls;
 use super::link::{ClusterSecret, LinkError, NodeLinks, Peers, RemoteAgents};
 use super::membership::{Liveness, Membership, MembershipSettings};
 use crate::admin::server::{start, RunningServer, ServeError, ServerConfig};
@@ -43,6 +44,8 @@ pub struct ClusterSettings {
     pub secret: Option<ClusterSecret>,
     /// How often the node checks its links to its peers (dialing new or dropped ones).
     pub link_check: Duration,
+    /// TLS on the links (a node whose port has TLS dials its peers with TLS).
+    pub link_tls: LinkTls,
 }
 
 impl ClusterSettings {
@@ -56,6 +59,7 @@ impl ClusterSettings {
             drain_timeout: Duration::from_secs(600),
             secret: None,
             link_check: Duration::from_secs(1),
+            link_tls: LinkTls::plain(),
         }
     }
 }
@@ -171,6 +175,7 @@ impl ClusterNode {
                 reconcile: agent.reconcile_handle(),
             })
             .await?;
+        links.dial_with(settings.link_tls.clone());
         links.keep_linked(client.clone(), settings.link_check);
         tracing::info!(node = %node_id, addr = %server.addr, "joined the cluster");
         Ok(Self {

@@ -21,7 +21,7 @@ use tonic::Status;
 
 use super::actor::{agent_of, AgentActor, AgentState, CANCEL_WAIT};
 use super::messages::{AgentMsg, Answer, LiveRun};
-use super::peers::keep_linked;
+use super::peers::{keep_linked, LinkTls};
 use super::service::NodeLinkService;
 use super::{ClusterSecret, LinkError, PeerRuns};
 use crate::cluster::assigner::{all_assignments, Changes};
@@ -55,6 +55,7 @@ pub struct NodeLinks {
     tasks: Arc<LinkTasks>,
     agent: Option<(ActorRef<AgentMsg>, JoinHandle<()>)>,
     dialer: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    tls: LinkTls,
 }
 
 impl NodeLinks {
@@ -82,6 +83,7 @@ impl NodeLinks {
             tasks: Arc::default(),
             agent: None,
             dialer: None,
+            tls: LinkTls::plain(),
         })
     }
 
@@ -108,6 +110,11 @@ impl NodeLinks {
         Ok(())
     }
 
+    /// Dials peers with TLS (when this node's port has it): set before [`Self::keep_linked`].
+    pub fn dial_with(&mut self, tls: LinkTls) {
+        self.tls = tls;
+    }
+
     /// Keeps links to the live peers (checked every `every`).
     pub fn keep_linked(&mut self, client: Client, every: Duration) {
         let (stop, stopped) = watch::channel(false);
@@ -116,6 +123,7 @@ impl NodeLinks {
             self.node_id.clone(),
             self.server.clone(),
             self.secret.clone(),
+            self.tls.clone(),
             every,
             stopped,
         ));
@@ -452,6 +460,7 @@ mod tests {
             "node-b",
             &b.addr.to_string(),
             &secret,
+            &LinkTls::plain(),
         )
         .await
         .unwrap();
@@ -606,6 +615,7 @@ mod tests {
             "node-b",
             &b_addr.to_string(),
             &secret,
+            &LinkTls::plain(),
         )
         .await
         .unwrap();
@@ -778,6 +788,7 @@ mod tests {
             "node-b",
             &b.addr.to_string(),
             &wrong,
+            &LinkTls::plain(),
         )
         .await
         .unwrap_err();
@@ -794,6 +805,7 @@ mod tests {
             "node-b",
             &b.addr.to_string(),
             &right,
+            &LinkTls::plain(),
         )
         .await
         .unwrap();

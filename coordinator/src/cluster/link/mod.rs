@@ -83,6 +83,12 @@ pub enum LinkError {
         address: String,
         reason: String,
     },
+    #[error("no link to node {peer} at {address}: {reason}")]
+    Mismatch {
+        peer: String,
+        address: String,
+        reason: String,
+    },
     #[error("node {peer} refused the link: {reason}")]
     Refused { peer: String, reason: String },
     #[error("the node's links are stopping")]

@@ -3,6 +3,10 @@
 //! pair of nodes has exactly one link, opened by the smaller id. A link that drops is dialed
 //! again on the next pass; a link to a node that left (its record is gone, or its address
 //! changed) is closed.
+//!
+//! A node whose port has TLS dials its peers with TLS ([`LinkTls`]), verifying their
+//! certificates; TLS and plain nodes do not link with each other (each such pair is refused,
+//! logged by the dialing node, naming the peer). The shared secret is checked either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -15,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 use super::service::SECRET_HEADER;
 use super::transport::{bridge, OUTBOUND_FRAMES};
@@ -33,6 +38,33 @@ pub fn endpoint_of(address: &str) -> String {
     }
 }
 
+/// How this node dials its peers: plain, or (when its own port has TLS) with TLS, verifying
+/// each peer's certificate against the cluster's CA or else the system's roots.
+#[derive(Clone, Debug, Default)]
+pub struct LinkTls(Option<ClientTlsConfig>);
+
+impl LinkTls {
+    /// Plain links (the node's port has no TLS).
+    pub fn plain() -> Self {
+        Self(None)
+    }
+
+    /// TLS links, peers verified against `ca_pem` (the cluster's CA, PEM), else the system's
+    /// roots.
+    pub fn verified_by(ca_pem: Option<Vec<u8>>) -> Self {
+        let config = ClientTlsConfig::new();
+        let config = match ca_pem {
+            Some(pem) => config.ca_certificate(Certificate::from_pem(pem)),
+            None => config.with_native_roots(),
+        };
+        Self(Some(config))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// Opens a link to the node at `address` and hands it to `server` as an outgoing session.
 /// Returns the task pumping it; the link is up while that task runs.
 pub async fn dial(
@@ -41,6 +73,7 @@ pub async fn dial(
     peer: &str,
     address: &str,
     secret: &ClusterSecret,
+    tls: &LinkTls,
 ) -> Result<JoinHandle<()>, LinkError> {
     let url = endpoint_of(address);
     let failed = |reason: String| LinkError::Dial {
@@ -48,13 +81,30 @@ pub async fn dial(
         address: url.clone(),
         reason,
     };
-    if url.starts_with("https://") {
-        return Err(failed(
-            "links over TLS are not supported yet: register the node's plain address".into(),
-        ));
-    }
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|e| failed(e.to_string()))?
+    let mismatch = |reason: &str| LinkError::Mismatch {
+        peer: peer.to_string(),
+        address: url.clone(),
+        reason: reason.to_string(),
+    };
+    let endpoint = match (url.starts_with("https://"), &tls.0) {
+        (true, None) => {
+            return Err(mismatch(
+                "the peer serves TLS and this node does not (give every node --tls-cert and --tls-key, or none)",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(mismatch(
+                "this node serves TLS and the peer registered a plain address (give every node --tls-cert and --tls-key, or none)",
+            ))
+        }
+        (true, Some(config)) => tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| failed(e.to_string()))?
+            .tls_config(config.clone())
+            .map_err(|e| failed(format!("TLS: {e}")))?,
+        (false, None) => tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| failed(e.to_string()))?,
+    };
+    let channel = endpoint
         .connect_timeout(DIAL_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
@@ -93,6 +143,7 @@ pub async fn keep_linked(
     me: String,
     server: ActorRef<NodeServerMessage>,
     secret: ClusterSecret,
+    tls: LinkTls,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -122,12 +173,17 @@ pub async fn keep_linked(
                     if links.contains_key(id) {
                         continue;
                     }
-                    match dial(&server, &me, id, address, &secret).await {
+                    match dial(&server, &me, id, address, &secret, &tls).await {
                         Ok(task) => {
                             failing.remove(id);
                             links.insert(id.clone(), (address.clone(), task));
                         }
                         Err(LinkError::Stopped) => return,
+                        Err(e @ LinkError::Mismatch { .. }) => {
+                            if failing.insert(id.clone()) {
+                                tracing::error!(node = %me, peer = %id, error = %e, "refusing to link TLS and plain nodes");
+                            }
+                        }
                         Err(e) => {
                             if failing.insert(id.clone()) {
                                 tracing::warn!(node = %me, error = %e, "no link to a peer yet; retrying");
