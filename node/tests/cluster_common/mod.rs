@@ -20,6 +20,28 @@ pub struct ClusterProcess {
     pub endpoint: String,
     pub child: Child,
     log: std::path::PathBuf,
+    /// With TLS: the CA file the CLI verifies the node with.
+    ca_file: Option<String>,
+}
+
+/// TLS for a test cluster: a private CA and one certificate for loopback (`localhost`,
+/// `127.0.0.1`) that every node serves, written under a directory.
+pub struct ClusterTls {
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+impl ClusterTls {
+    pub fn new(dir: &std::path::Path) -> Self {
+        let ca = ferry_tests::postgres::TestCa::new("ferry test cluster CA").unwrap();
+        let (cert, key) = ca.server_cert(&["localhost", "127.0.0.1"]).unwrap();
+        ClusterTls {
+            ca_file: cli_common::write(dir, "cluster-ca.pem", &ca.pem),
+            cert_file: cli_common::write(dir, "node-cert.pem", &cert),
+            key_file: cli_common::write(dir, "node-key.pem", &key),
+        }
+    }
 }
 
 impl ClusterProcess {
@@ -35,7 +57,41 @@ impl ClusterProcess {
         dir: &std::path::Path,
         flags: &[&str],
     ) -> Self {
+        Self::spawn(id, etcd, config, dir, flags, None)
+    }
+
+    /// [`Self::start_with`], serving TLS on its port (links to its peers too).
+    pub fn start_tls(
+        id: &str,
+        etcd: &str,
+        config: &str,
+        dir: &std::path::Path,
+        tls: &ClusterTls,
+        flags: &[&str],
+    ) -> Self {
+        Self::spawn(id, etcd, config, dir, flags, Some(tls))
+    }
+
+    fn spawn(
+        id: &str,
+        etcd: &str,
+        config: &str,
+        dir: &std::path::Path,
+        flags: &[&str],
+        tls: Option<&ClusterTls>,
+    ) -> Self {
         let port = free_port();
+        let tls_flags: Vec<&str> = match tls {
+            Some(tls) => vec![
+                "--tls-cert",
+                &tls.cert_file,
+                "--tls-key",
+                &tls.key_file,
+                "--cluster-ca-cert",
+                &tls.ca_file,
+            ],
+            None => Vec::new(),
+        };
         let log = dir.join(format!("{id}.log"));
         let child = cli_common::ferry()
             .args(["node", "--listen", &format!("127.0.0.1:{port}")])
@@ -43,6 +99,7 @@ impl ClusterProcess {
             .args(["--lease-ttl", &LEASE_TTL_SECS.to_string()])
             .args(["--config", config])
             .args(flags)
+            .args(&tls_flags)
             .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env("FERRY_SECRET_KEY", SECRET_KEY)
             .env("FERRY_CLUSTER_SECRET", CLUSTER_SECRET)
@@ -50,11 +107,13 @@ impl ClusterProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("ferry node starts");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut node = ClusterProcess {
             id: id.into(),
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{port}"),
             child,
             log,
+            ca_file: tls.map(|tls| tls.ca_file.clone()),
         };
         let started = Instant::now();
         loop {
@@ -78,7 +137,18 @@ impl ClusterProcess {
     }
 
     pub fn cli(&self, args: &[&str]) -> cli_common::Run {
-        cli_common::run(cli_common::ferry_for(&self.endpoint, OP).args(args))
+        cli_common::run(&mut self.ferry(args))
+    }
+
+    /// `ferry ARGS` aimed at this node (trusting its CA when it serves TLS), not yet run.
+    pub fn ferry(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = cli_common::ferry_for(&self.endpoint, OP);
+        match &self.ca_file {
+            Some(ca) => cmd.env("FERRY_ENDPOINT_CA_CERT", ca),
+            None => cmd.env_remove("FERRY_ENDPOINT_CA_CERT"),
+        };
+        cmd.args(args);
+        cmd
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
