@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cli_common::{write, KillOnDrop, OPERATOR_TOKEN};
-use cluster_common::ClusterProcess;
+use cli_common::{write, OPERATOR_TOKEN};
+use cluster_common::{create_tenant_and_source, receiver, ClusterProcess};
 use ferry_coordinator::cluster::assigner::all_assignments;
 use ferry_coordinator::cluster::budget::published_demand;
 use ferry_coordinator::cluster::connection::EtcdSettings;
@@ -117,17 +117,7 @@ fn a_tenants_budget_holds_for_its_runs_on_three_nodes_together() {
     let pg = TestPostgres::start(PgConfig::default()).unwrap();
     pg.sql("CREATE TABLE clicks (id bigint PRIMARY KEY, user_id text NOT NULL, at timestamptz NOT NULL);").unwrap();
     pg.sql(&format!("INSERT INTO clicks SELECT i, 'user-' || (i % 97), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 second' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
-    let (rx, rx_url) = common::spawn_receiver([
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir.path().join("rx").to_str().unwrap(),
-        "--project",
-        "1:tok1",
-        "--service-account",
-        "sa:sa-secret",
-    ]);
-    let _rx = KillOnDrop(rx);
+    let (_rx, rx_url) = receiver(dir.path());
     let config = write(dir.path(), "node.toml", "[node]\npage_size = 2000\n");
     let nodes: Vec<ClusterProcess> = ["node-1", "node-2", "node-3"]
         .iter()
@@ -135,43 +125,8 @@ fn a_tenants_budget_holds_for_its_runs_on_three_nodes_together() {
         .collect();
 
     let api = &nodes[0];
-    let sa_secret = write(dir.path(), "sa-secret", "sa-secret\n");
-    let tenant = api.json(&[
-        "tenants",
-        "create",
-        "acme",
-        "--name",
-        "Acme",
-        "--project-id",
-        "1",
-        "--base-url",
-        &rx_url,
-        "--service-account-user",
-        "sa",
-        "--service-account-secret-file",
-        &sa_secret,
-    ]);
+    let tenant = create_tenant_and_source(api, dir.path(), &rx_url, &pg);
     assert_eq!(tenant["send_budget"], Value::Null, "{tenant}");
-    let password = write(dir.path(), "pw", &format!("{}\n", pg.password));
-    api.json(&[
-        "sources",
-        "create",
-        "wh",
-        "--tenant",
-        "acme",
-        "--host",
-        &pg.host,
-        "--port",
-        &pg.port.to_string(),
-        "--database",
-        &pg.database,
-        "--user",
-        &pg.user,
-        "--password-file",
-        &password,
-        "--ssl-mode",
-        "disable",
-    ]);
     // Nine trigger-only syncs of the same table; the coordinator places them, and one per node
     // is run.
     for i in 0..9 {

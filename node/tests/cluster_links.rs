@@ -1,9 +1,11 @@
 //! Three `ferry node --listen --etcd` processes linked over their gRPC ports (a real etcd, a
 //! real PostgreSQL, the receiver): the admin API answers the same from any node. A sync
 //! triggered through node A while it is assigned to node B runs on B; A shows B's live
-//! progress (the trigger and counters only B knows); C cancels it on B. Then how soon a node
-//! starts a newly assigned sync after the coordinator wrote the assignment is measured (the
-//! coordinator tells the node over its link) and printed.
+//! progress (the trigger and counters only B knows); C cancels it on B. The HTTP trigger URL
+//! through A starts it on B too, and A's `nodes get B` shows that run's live counters. Then how
+//! soon a node starts a newly assigned sync after the coordinator wrote the assignment is
+//! measured (the coordinator tells the node over its link) and printed. Last, B is killed: the
+//! HTTP trigger through A answers 503 naming B.
 
 mod cli_common;
 mod cluster_common;
@@ -11,8 +13,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cli_common::{write, KillOnDrop};
-use cluster_common::ClusterProcess;
+use cli_common::KillOnDrop;
+use cluster_common::{
+    create_tenant_and_source, slow_receiver, ClusterProcess, NODE_CONFIG, ORDERS_EVENTS,
+};
 use ferry_coordinator::cluster::assigner::{all_assignments, AssignmentRecord};
 use ferry_coordinator::cluster::connection::EtcdSettings;
 use ferry_coordinator::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
@@ -23,7 +27,7 @@ use ferry_tests::etcd::{etcd_available, TestEtcd};
 use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
 use ferry_tests::require_tool;
 
-const ROWS: u64 = 40_000;
+const ROWS: u64 = 60_000;
 
 #[test]
 fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
@@ -39,26 +43,8 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     pg.sql("CREATE TABLE few (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL);").unwrap();
     pg.sql("INSERT INTO few SELECT i, 'user-' || i, timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute' FROM generate_series(1, 5) AS i;").unwrap();
     // Each import request is answered after 100 ms: the big run lasts a few seconds.
-    let (rx, rx_url) = common::spawn_receiver([
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir.path().join("rx").to_str().unwrap(),
-        "--project",
-        "1:tok1",
-        "--service-account",
-        "sa:sa-secret",
-        "--fault-slow",
-        "1.0",
-        "--slow-ms",
-        "100",
-    ]);
-    let _rx = KillOnDrop(rx);
-    let config = write(
-        dir.path(),
-        "node.toml",
-        "[node]\npage_size = 1000\nshards = 1\nmax_in_flight = 1\nreceiver_extensions = true\n",
-    );
+    let (_rx, rx_url) = slow_receiver(dir.path(), 100);
+    let config = cli_common::write(dir.path(), "node.toml", NODE_CONFIG);
     let nodes: Vec<ClusterProcess> = ["node-1", "node-2", "node-3"]
         .iter()
         .map(|id| ClusterProcess::start(id, &etcd.endpoint(), &config, dir.path()))
@@ -85,65 +71,16 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     let store = EtcdStore::new(client.clone(), EtcdStoreSettings::default(), liveness);
 
     let api = &nodes[0];
-    let sa_secret = write(dir.path(), "sa-secret", "sa-secret\n");
-    api.json(&[
-        "tenants",
-        "create",
-        "acme",
-        "--name",
-        "Acme",
-        "--project-id",
-        "1",
-        "--base-url",
-        &rx_url,
-        "--receiver-extensions",
-        "--service-account-user",
-        "sa",
-        "--service-account-secret-file",
-        &sa_secret,
-    ]);
-    let password = write(dir.path(), "pw", &format!("{}\n", pg.password));
-    api.json(&[
-        "sources",
-        "create",
-        "wh",
-        "--tenant",
-        "acme",
-        "--host",
-        &pg.host,
-        "--port",
-        &pg.port.to_string(),
-        "--database",
-        &pg.database,
-        "--user",
-        &pg.user,
-        "--password-file",
-        &password,
-        "--ssl-mode",
-        "disable",
-    ]);
+    create_tenant_and_source(api, dir.path(), &rx_url, &pg);
+    // The orders events sync's flags, on another table.
     let mapping = |table: &str| -> Vec<String> {
-        [
-            "--source",
-            "wh",
-            "--tenant",
-            "acme",
-            "--table",
-            table,
-            "--type",
-            "events",
-            "--event-name",
-            "Order Placed",
-            "--time-column",
-            "created_at",
-            "--distinct-id-column",
-            "user_id",
-            "--key-columns",
-            "id",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ORDERS_EVENTS
+            .iter()
+            .map(|s| match *s {
+                "public.orders" => table.to_string(),
+                other => other.to_string(),
+            })
+            .collect()
     };
     let create = |args: &[&str], table: &str| {
         let mapping = mapping(table);
@@ -266,6 +203,59 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
         "{followed}"
     );
 
+    // The HTTP trigger URL through A: the run starts on B (the sync's node) too.
+    let placed = rt.block_on(all_assignments(&client)).unwrap();
+    assert_eq!(
+        placed.get(&sync).and_then(|n| n.iter().next()),
+        Some(&b.id),
+        "orders stays on B"
+    );
+    let (status, body) = http_trigger(a, "orders");
+    assert_eq!(status, 202, "{body}\nA: {}", a.log());
+    assert_eq!(body["node"], b.id.as_str(), "{body}");
+    let http_run = body["run_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owner = rt.block_on(store.current_owner(&sync)).unwrap();
+        if let Some(owner) = owner {
+            assert_eq!(owner.node_id, b.id, "the HTTP-triggered run is held by B");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the HTTP-triggered run never claimed its sync");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shown = c.json(&["runs", "get", "orders", &http_run, "--tenant", "acme"]);
+    assert_eq!(shown["trigger"], "http", "live from B: {shown}");
+    // Triggered again through C while it runs: B's refusal, naming B.
+    let (status, body) = http_trigger(c, "orders");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "already_running", "{body}");
+    assert_eq!(body["node"], b.id.as_str(), "{body}");
+
+    // A's `nodes get B` shows the run's live counters (the stored record holds none until the
+    // run ends).
+    let live_on_b = loop {
+        let detail = a.json(&["nodes", "get", &b.id]);
+        let entry = detail["syncs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["sync"] == "orders")
+            .cloned()
+            .unwrap_or_else(|| panic!("orders not among B's syncs: {detail}"));
+        if entry["run"]["rows_read"].as_u64().unwrap_or(0) > 0 {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "no live counters of B's run on A: {detail}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(live_on_b["run"]["run_id"], http_run.as_str(), "{live_on_b}");
+    assert_eq!(live_on_b["running_on"], b.id.as_str(), "{live_on_b}");
+    let stored = rt.block_on(store.get_run(&sync, &http_run)).unwrap().unwrap();
+    assert_eq!(stored.counts.rows_read, 0, "the stored record lags: {stored:?}");
+    let cancelled = c.json(&["runs", "cancel", "orders", &http_run, "--tenant", "acme"]);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+
     // How soon a node starts a newly assigned sync after the coordinator wrote the
     // assignment: each hourly sync runs as soon as its node schedules it.
     let mut delays = Vec::new();
@@ -316,8 +306,36 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
         delays[delays.len() - 1],
         delays
     );
+
+    // B dies: until its lease expires orders is still assigned to it, and the HTTP trigger
+    // through A says B cannot be reached.
+    let mut nodes = nodes;
+    let b_at = nodes.iter().position(|n| n.id == b_id).unwrap();
+    let mut b = nodes.remove(b_at);
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let a = nodes.iter().find(|n| n.id != b_id).unwrap();
+    let (status, body) = http_trigger(a, "orders");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+    assert_eq!(body["node"], b_id.as_str(), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains(&b_id),
+        "{body}"
+    );
     drop(nodes);
     drop(etcd);
+}
+
+/// `PUT` of the sync's HTTP trigger URL on `node` (operator token): the status and JSON body.
+fn http_trigger(node: &ClusterProcess, sync: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::blocking::Client::new()
+        .put(format!("{}/v1/tenants/acme/syncs/{sync}/trigger", node.endpoint))
+        .bearer_auth(cli_common::OPERATOR_TOKEN)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or_default())
 }
 
 #[test]

@@ -179,33 +179,44 @@ pub const NODE_CONFIG: &str =
 /// The receiver (project 1, service account `sa`), answering every import after `slow_ms`;
 /// its data under `dir`. Killed when the first value is dropped.
 pub fn slow_receiver(dir: &std::path::Path, slow_ms: u32) -> (cli_common::KillOnDrop, String) {
-    let (rx, url) = crate::common::spawn_receiver([
+    receiver_with(
+        dir,
+        &["--fault-slow", "1.0", "--slow-ms", &slow_ms.to_string()],
+    )
+}
+
+/// The receiver as [`slow_receiver`] has it, answering at once.
+pub fn receiver(dir: &std::path::Path) -> (cli_common::KillOnDrop, String) {
+    receiver_with(dir, &[])
+}
+
+fn receiver_with(dir: &std::path::Path, flags: &[&str]) -> (cli_common::KillOnDrop, String) {
+    let data = dir.join("rx");
+    let mut args = vec![
         "--listen",
         "127.0.0.1:0",
         "--data",
-        dir.join("rx").to_str().unwrap(),
+        data.to_str().unwrap(),
         "--project",
         "1:tok1",
         "--service-account",
         "sa:sa-secret",
-        "--fault-slow",
-        "1.0",
-        "--slow-ms",
-        &slow_ms.to_string(),
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let (rx, url) = crate::common::spawn_receiver(args);
     (cli_common::KillOnDrop(rx), url)
 }
 
 /// Tenant `acme` (project 1 on the receiver at `rx_url`) and its PostgreSQL source `wh`,
-/// created through `api` (secrets passed in files under `dir`).
+/// created through `api` (secrets passed in files under `dir`); the tenant as created.
 pub fn create_tenant_and_source(
     api: &ClusterProcess,
     dir: &std::path::Path,
     rx_url: &str,
     pg: &ferry_tests::postgres::TestPostgres,
-) {
+) -> Value {
     let sa_secret = cli_common::write(dir, "sa-secret", "sa-secret\n");
-    api.json(&[
+    let tenant = api.json(&[
         "tenants",
         "create",
         "acme",
@@ -241,6 +252,7 @@ pub fn create_tenant_and_source(
         "--ssl-mode",
         "disable",
     ]);
+    tenant
 }
 
 /// The flags of an events sync of `public.orders` (source `wh` of tenant `acme`): one event
