@@ -46,8 +46,12 @@ impl TlsNode {
             if let Some(status) = node.child.try_wait().unwrap() {
                 panic!("ferry node exited ({status}): {}", node.log());
             }
-            let out = run(ferry_for(&node.endpoint, Some(OPERATOR_TOKEN))
-                .args(["tenants", "list", "--endpoint-ca-cert", ca]));
+            let out = run(ferry_for(&node.endpoint, Some(OPERATOR_TOKEN)).args([
+                "tenants",
+                "list",
+                "--endpoint-ca-cert",
+                ca,
+            ]));
             if out.code == 0 {
                 return node;
             }
@@ -142,7 +146,11 @@ fn the_cli_reaches_a_node_serving_tls_and_checks_its_certificate() {
     let refused = run(ferry_for(&plain, op)
         .env_remove("FERRY_ENDPOINT_CA_CERT")
         .args(["tenants", "list", "--timeout", "5s"]));
-    assert_ne!(refused.code, 0, "plain HTTP/2 on the TLS port: {}", refused.stdout);
+    assert_ne!(
+        refused.code, 0,
+        "plain HTTP/2 on the TLS port: {}",
+        refused.stdout
+    );
     // A CA for a plain-HTTP endpoint is a mistake worth saying.
     run(ferry_for("http://127.0.0.1:9", op).args([
         "tenants",
@@ -164,11 +172,7 @@ fn the_cli_reaches_a_node_serving_tls_and_checks_its_certificate() {
     assert_eq!(answer.version(), reqwest::Version::HTTP_11);
     assert_eq!(answer.status(), 401, "no token: the trigger's own answer");
     assert_eq!(answer.headers()["www-authenticate"], "Bearer");
-    let answer = http1
-        .put(&url)
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .unwrap();
+    let answer = http1.put(&url).bearer_auth(OPERATOR_TOKEN).send().unwrap();
     assert_eq!(answer.status(), 404, "no such sync: {:?}", answer.text());
     assert!(
         !node.log().contains("panicked"),

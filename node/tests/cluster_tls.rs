@@ -11,8 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cluster_common::{
-    create_tenant_and_source, slow_receiver, ClusterProcess, ClusterTls, NODE_CONFIG,
-    ORDERS_EVENTS,
+    create_tenant_and_source, slow_receiver, ClusterProcess, ClusterTls, NODE_CONFIG, ORDERS_EVENTS,
 };
 use ferry_coordinator::cluster::assigner::all_assignments;
 use ferry_coordinator::cluster::connection::EtcdSettings;
@@ -125,7 +124,11 @@ fn tls_nodes_link_over_tls_and_a_trigger_through_one_runs_on_another() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(finished.state, ferry_coordinator::RunState::Succeeded, "{finished:?}");
+    assert_eq!(
+        finished.state,
+        ferry_coordinator::RunState::Succeeded,
+        "{finished:?}"
+    );
     assert_eq!(finished.counts.rows_read, ROWS, "{finished:?}");
     assert!(
         b.log().contains(&run_id) && !a.log().contains("run started"),

@@ -1,7 +1,7 @@
 //! One node's API port: the admin services, gRPC reflection and health, and the per-sync HTTP
 //! trigger (`PUT /v1/tenants/{tenant}/syncs/{sync}/trigger`, HTTP/1.1) on a single listener,
-//! with the run manager and the scheduler behind them. `ferry node --listen` starts this; tests
-//! start it in-process.
+//! with the run manager and the scheduler behind them, all behind TLS when configured
+//! ([`super::tls`]). `ferry node --listen` starts this; tests start it in-process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -229,9 +229,9 @@ pub async fn start(
         let _ = server_stopped.await;
     };
     let server = match &config.tls {
-        Some(tls) => tokio::spawn(
-            router.serve_with_incoming_shutdown(tls.incoming(listener), stopped),
-        ),
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped))
+        }
         None => tokio::spawn(router.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             stopped,

@@ -183,7 +183,9 @@ mod tests {
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap();
 
-        let err = ServerTls::from_files(&missing, &junk).unwrap_err().to_string();
+        let err = ServerTls::from_files(&missing, &junk)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--tls-cert "), "{err}");
         assert!(err.contains("missing.pem"), "{err}");
 

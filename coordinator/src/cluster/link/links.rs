@@ -381,6 +381,15 @@ mod tests {
     }
 
     async fn node(id: &str, secret: &str) -> TestNode {
+        serving(id, secret, None).await
+    }
+
+    /// [`node`], its port serving TLS when given.
+    async fn serving(
+        id: &str,
+        secret: &str,
+        tls: Option<crate::admin::tls::ServerTls>,
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(EmbeddedStore::open_in(dir.path(), EmbeddedSettings::default()).unwrap());
@@ -419,16 +428,19 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(links.service())
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                ),
-        );
+        let router = tonic::transport::Server::builder().add_service(links.service());
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        match tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), stopped))
+            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stopped,
+            )),
+        };
         TestNode {
             links,
             addr,
@@ -771,6 +783,118 @@ mod tests {
         .await;
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(sessions(&a.links).await.is_empty(), "not dialed again");
+        a.links.stop().await;
+        b.links.stop().await;
+    }
+
+    /// A private CA and a loopback certificate it signed: (CA PEM, the port's TLS).
+    fn loopback_tls(dir: &std::path::Path) -> (String, crate::admin::tls::ServerTls) {
+        let ca = ferry_tests::postgres::TestCa::new("links test CA").unwrap();
+        let (cert, key) = ca.server_cert(&["localhost", "127.0.0.1"]).unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let tls = crate::admin::tls::ServerTls::from_files(&cert_file, &key_file).unwrap();
+        (ca.pem, tls)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_links_verify_the_peer_and_tls_and_plain_nodes_do_not_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, tls) = loopback_tls(dir.path());
+        let (other_ca, _) = loopback_tls(&{
+            let other = dir.path().join("other");
+            std::fs::create_dir(&other).unwrap();
+            other
+        });
+        let a = node("node-a", SECRET).await;
+        let b = serving("node-b", SECRET, Some(tls)).await;
+        let secret = ClusterSecret::new(SECRET).unwrap();
+        let at_b = format!("https://127.0.0.1:{}", b.addr.port());
+        let trusting = LinkTls::verified_by(Some(ca.into_bytes()));
+
+        // A certificate from another CA: no link, the peer named.
+        let untrusted = LinkTls::verified_by(Some(other_ca.into_bytes()));
+        let refused = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &at_b,
+            &secret,
+            &untrusted,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(refused, LinkError::Dial { .. }), "{refused}");
+        assert!(refused.to_string().contains("node-b"), "{refused}");
+
+        // TLS and plain do not mix, whichever side has TLS.
+        let plain_to_tls = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &at_b,
+            &secret,
+            &LinkTls::plain(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(plain_to_tls, LinkError::Mismatch { .. }),
+            "{plain_to_tls}"
+        );
+        let tls_to_plain = dial(
+            b.links.server(),
+            "node-b",
+            "node-a",
+            &a.addr.to_string(),
+            &secret,
+            &trusting,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(tls_to_plain, LinkError::Mismatch { .. }),
+            "{tls_to_plain}"
+        );
+        assert!(
+            tls_to_plain.to_string().contains("node-a"),
+            "{tls_to_plain}"
+        );
+
+        // The right CA: a link, and ractor_cluster's session over it (the secret as cookie).
+        let wrong = ClusterSecret::new("not-the-cluster-secret-42").unwrap();
+        let refused = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &at_b,
+            &wrong,
+            &trusting,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(refused, LinkError::Refused { .. }), "{refused}");
+        let link = dial(
+            a.links.server(),
+            "node-a",
+            "node-b",
+            &at_b,
+            &secret,
+            &trusting,
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        while a.links.linked_peers().await.is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no session over the TLS link"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(a.links.linked_peers().await, ["node-b"]);
+        link.abort();
         a.links.stop().await;
         b.links.stop().await;
     }
