@@ -14,13 +14,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cli_common::{write, OPERATOR_TOKEN};
-use cluster_common::{create_tenant_and_source, receiver, ClusterProcess};
+use cluster_common::{create_tenant_and_source, receiver, ClusterProcess, Stand};
 use ferry_coordinator::cluster::assigner::all_assignments;
 use ferry_coordinator::cluster::budget::published_demand;
 use ferry_coordinator::cluster::connection::EtcdSettings;
-use ferry_tests::etcd::{etcd_available, TestEtcd};
-use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
-use ferry_tests::require_tool;
 use serde_json::Value;
 
 /// Rows per sync: with the budget, 60,000 records at 3,000/s take about 20 s.
@@ -108,13 +105,9 @@ fn run_three(
 
 #[test]
 fn a_tenants_budget_holds_for_its_runs_on_three_nodes_together() {
-    if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
+    let Some(Stand { rt, dir, etcd, pg }) = cluster_common::stand() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = TestEtcd::start().unwrap();
-    let pg = TestPostgres::start(PgConfig::default()).unwrap();
+    };
     pg.sql("CREATE TABLE clicks (id bigint PRIMARY KEY, user_id text NOT NULL, at timestamptz NOT NULL);").unwrap();
     pg.sql(&format!("INSERT INTO clicks SELECT i, 'user-' || (i % 97), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 second' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
     let (_rx, rx_url) = receiver(dir.path());

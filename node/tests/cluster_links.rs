@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cli_common::KillOnDrop;
 use cluster_common::{
-    create_tenant_and_source, slow_receiver, ClusterProcess, NODE_CONFIG, ORDERS_EVENTS,
+    create_tenant_and_source, slow_receiver, ClusterProcess, Stand, NODE_CONFIG, ORDERS_EVENTS,
 };
 use ferry_coordinator::cluster::assigner::{all_assignments, AssignmentRecord};
 use ferry_coordinator::cluster::connection::EtcdSettings;
@@ -23,23 +23,15 @@ use ferry_coordinator::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
 use ferry_coordinator::cluster::keys;
 use ferry_coordinator::cluster::membership::Liveness;
 use ferry_coordinator::{RunState, StateStore, SyncId};
-use ferry_tests::etcd::{etcd_available, TestEtcd};
-use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
-use ferry_tests::require_tool;
 
 const ROWS: u64 = 60_000;
 
 #[test]
 fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
-    if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
+    let Some(Stand { rt, dir, etcd, pg }) = cluster_common::stand() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = TestEtcd::start().unwrap();
-    let pg = TestPostgres::start(PgConfig::default()).unwrap();
-    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL);").unwrap();
-    pg.sql(&format!("INSERT INTO orders SELECT i, 'user-' || (i % 23), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
+    };
+    cluster_common::orders_table(&pg, ROWS);
     pg.sql("CREATE TABLE few (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL);").unwrap();
     pg.sql("INSERT INTO few SELECT i, 'user-' || i, timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute' FROM generate_series(1, 5) AS i;").unwrap();
     // Each import request is answered after 100 ms: the big run lasts a few seconds.

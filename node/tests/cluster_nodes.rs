@@ -12,15 +12,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cli_common::{write, OPERATOR_TOKEN, SECRET_KEY};
-use cluster_common::{ClusterProcess, LEASE_TTL_SECS};
+use cluster_common::{ClusterProcess, Stand, LEASE_TTL_SECS};
 use ferry_coordinator::cluster::assigner::all_assignments;
 use ferry_coordinator::cluster::connection::EtcdSettings;
 use ferry_coordinator::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
 use ferry_coordinator::cluster::membership::{list_nodes, Liveness};
 use ferry_coordinator::{RunState, StateStore, SyncId};
-use ferry_tests::etcd::{etcd_available, TestEtcd};
-use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
-use ferry_tests::require_tool;
 use serde_json::Value;
 
 const ROWS: u64 = 40_000;
@@ -63,15 +60,10 @@ fn signal(pid: u32, name: &str) {
 }
 
 fn owner_lost_mid_run(loss: Loss) {
-    if !require_tool("postgres", postgres_bin_dir().is_some()) || !etcd_available() {
+    let Some(Stand { rt, dir, etcd, pg }) = cluster_common::stand() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = TestEtcd::start().unwrap();
-    let pg = TestPostgres::start(PgConfig::default()).unwrap();
-    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL, inserted_at timestamptz NOT NULL);").unwrap();
-    pg.sql(&format!("INSERT INTO orders SELECT i, 'user-' || (i % 23), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute', timestamptz '2024-06-01 00:00:00+00' + i * interval '1 second' FROM generate_series(1, {ROWS}) AS i;")).unwrap();
+    };
+    cluster_common::orders_table(&pg, ROWS);
     // Each import request is answered after 100 ms: the run lasts a few seconds.
     let (_rx, rx_url) = cluster_common::slow_receiver(dir.path(), 100);
     let config = write(dir.path(), "node.toml", cluster_common::NODE_CONFIG);

@@ -583,6 +583,17 @@ mod tests {
         ))
     }
 
+    /// [`store`] with tenant `acme`.
+    async fn store_with_acme() -> Option<(EtcdStore, TestEtcd, watch::Sender<Liveness>)> {
+        let stored = store().await?;
+        stored
+            .0
+            .create_tenant(&contract::tenant("acme"))
+            .await
+            .unwrap();
+        Some(stored)
+    }
+
     #[tokio::test]
     async fn objects_live_under_their_tenant_and_updates_compare_versions() {
         let Some((store, _etcd, _lease)) = store().await else {
@@ -610,13 +621,9 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_sync_leaves_no_assignment_or_resume_note() {
         use crate::cluster::{assigner, drain, keys as cluster_keys};
-        let Some((store, _etcd, _lease)) = store().await else {
+        let Some((store, _etcd, _lease)) = store_with_acme().await else {
             return;
         };
-        store
-            .create_tenant(&contract::tenant("acme"))
-            .await
-            .unwrap();
         store
             .create_source(&contract::source("acme", "pg"))
             .await
@@ -663,13 +670,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_source_deleted_while_a_sync_is_created_on_it_leaves_no_orphan() {
-        let Some((store, _etcd, _lease)) = store().await else {
+        let Some((store, _etcd, _lease)) = store_with_acme().await else {
             return;
         };
-        store
-            .create_tenant(&contract::tenant("acme"))
-            .await
-            .unwrap();
         for round in 0..10 {
             let id = format!("pg{round}");
             store

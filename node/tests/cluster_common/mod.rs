@@ -171,6 +171,38 @@ impl Drop for ClusterProcess {
     }
 }
 
+/// What every multi-process cluster test stands on: a runtime for etcd reads, a directory, a
+/// real etcd and a real PostgreSQL.
+pub struct Stand {
+    pub rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+    pub etcd: ferry_tests::etcd::TestEtcd,
+    pub pg: ferry_tests::postgres::TestPostgres,
+}
+
+/// The [`Stand`], or None (the test skips, loudly) when PostgreSQL or etcd is missing.
+pub fn stand() -> Option<Stand> {
+    use ferry_tests::postgres::{postgres_bin_dir, PgConfig, TestPostgres};
+    if !ferry_tests::require_tool("postgres", postgres_bin_dir().is_some())
+        || !ferry_tests::etcd::etcd_available()
+    {
+        return None;
+    }
+    Some(Stand {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+        etcd: ferry_tests::etcd::TestEtcd::start().unwrap(),
+        pg: TestPostgres::start(PgConfig::default()).unwrap(),
+    })
+}
+
+/// `public.orders` with `rows` orders: ids from 1, 23 users, `created_at` a minute apart,
+/// `inserted_at` a second apart (what [`ORDERS_EVENTS`] reads).
+pub fn orders_table(pg: &ferry_tests::postgres::TestPostgres, rows: u64) {
+    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, user_id text NOT NULL, created_at timestamptz NOT NULL, inserted_at timestamptz NOT NULL);").unwrap();
+    pg.sql(&format!("INSERT INTO orders SELECT i, 'user-' || (i % 23), timestamptz '2024-03-01 00:00:00+00' + i * interval '1 minute', timestamptz '2024-06-01 00:00:00+00' + i * interval '1 second' FROM generate_series(1, {rows}) AS i;")).unwrap();
+}
+
 /// The nodes' config: small pages, one shard, one request in flight (so a slow receiver makes
 /// a run last seconds), the receiver's extensions on.
 pub const NODE_CONFIG: &str =
