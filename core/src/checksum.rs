@@ -127,6 +127,7 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         Value::Timestamp(t) => write_timestamp(&t.naive_utc(), &mut text),
         Value::TimestampNaive(t) => write_timestamp(t, &mut text),
         Value::Json(j) => write_jsonb(j, &mut text),
+        Value::JsonText(t) => write_jsonb(&t.to_json(), &mut text),
         Value::Array(items) => write_pg_array(items, &mut text),
     }
     out.extend_from_slice(text.as_bytes());

@@ -437,7 +437,12 @@ impl RowMapper {
                 continue;
             }
             if self.kind == MapperKind::History {
-                if let Value::Array(_) | Value::Json(Json::Array(_) | Json::Object(_)) = value {
+                let nested = match value {
+                    Value::Array(_) | Value::Json(Json::Array(_) | Json::Object(_)) => true,
+                    Value::JsonText(t) => t.as_str().trim_start().starts_with(['[', '{']),
+                    _ => false,
+                };
+                if nested {
                     return Err(self.row_error(
                         row_index,
                         row,
@@ -735,6 +740,19 @@ impl RowMapper {
         let object = match cell(row, i) {
             Value::Null => return Ok(()),
             Value::Json(Json::Object(map)) => map,
+            Value::JsonText(text) => match raw_json::object_entries(text.as_str()) {
+                Some(entries) => {
+                    for (k, v) in entries {
+                        push_prop(props, k, Prop::Raw(v));
+                    }
+                    return Ok(());
+                }
+                // Not an object, or a key with escapes to decode: the tree decides.
+                None => match text.to_json() {
+                    Json::Object(map) => &*parsed.insert(map),
+                    _ => return self.malformed_json(row_index, row, i, props),
+                },
+            },
             Value::Text(text) => match serde_json::from_str::<Json>(text) {
                 Ok(Json::Object(map)) => &*parsed.insert(map),
                 _ => return self.malformed_json(row_index, row, i, props),
@@ -902,7 +920,7 @@ fn kind_name(v: &Value) -> &'static str {
         Value::Uuid(_) => "uuid",
         Value::Date(_) => "date",
         Value::Timestamp(_) | Value::TimestampNaive(_) => "timestamp",
-        Value::Json(_) => "json",
+        Value::Json(_) | Value::JsonText(_) => "json",
         Value::Array(_) => "array",
     }
 }
@@ -1136,6 +1154,7 @@ fn lookup_cell(value: &Value) -> String {
             other => other.to_string(),
         })),
         Value::Json(other) => other.to_string(),
+        Value::JsonText(t) => lookup_cell(&Value::Json(t.to_json())),
         Value::Array(items) => list_cell(items.iter().filter(|v| !v.is_null()).map(lookup_cell)),
         other => match other.to_property() {
             Json::String(s) => s,
@@ -1149,6 +1168,7 @@ fn list_cell(items: impl Iterator<Item = String>) -> String {
 }
 
 mod direct;
+mod raw_json;
 
 use direct::{push_prop, GatheredEvent, Prop, PropEntry};
 

@@ -11,8 +11,12 @@ use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
+mod json_text;
+pub use json_text::JsonText;
+
 /// One cell. Serializable (tagged by variant) so a cursor value can be stored exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Equality is by value: a `JsonText` equals the `Json` its text parses to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum Value {
     Null,
@@ -30,7 +34,33 @@ pub enum Value {
     /// A wall-clock timestamp without zone. Ferry reads it as UTC wherever an instant is needed.
     TimestampNaive(NaiveDateTime),
     Json(serde_json::Value),
+    /// A JSON cell as the warehouse's text, syntax checked, parsed only where something looks
+    /// inside; the same value as `Json(parsed)` everywhere.
+    JsonText(JsonText),
     Array(Vec<Value>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        use Value as V;
+        match (self, other) {
+            (V::Null, V::Null) => true,
+            (V::Bool(a), V::Bool(b)) => a == b,
+            (V::Int(a), V::Int(b)) => a == b,
+            (V::Float(a), V::Float(b)) => a == b,
+            (V::Decimal(a), V::Decimal(b)) | (V::Text(a), V::Text(b)) => a == b,
+            (V::Bytes(a), V::Bytes(b)) => a == b,
+            (V::Uuid(a), V::Uuid(b)) => a == b,
+            (V::Date(a), V::Date(b)) => a == b,
+            (V::Timestamp(a), V::Timestamp(b)) => a == b,
+            (V::TimestampNaive(a), V::TimestampNaive(b)) => a == b,
+            (V::Json(a), V::Json(b)) => a == b,
+            (V::JsonText(a), V::JsonText(b)) => a == b || a.to_json() == b.to_json(),
+            (V::JsonText(t), V::Json(j)) | (V::Json(j), V::JsonText(t)) => t.to_json() == *j,
+            (V::Array(a), V::Array(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// The type of a column, as far as the pipeline cares. Warehouse-specific types a source does
@@ -149,6 +179,7 @@ impl Value {
             Value::Timestamp(t) => J::String(iso_utc(&t.naive_utc())),
             Value::TimestampNaive(t) => J::String(iso_utc(t)),
             Value::Json(j) => j.clone(),
+            Value::JsonText(t) => t.to_json(),
             Value::Array(items) => J::Array(items.iter().map(Value::to_property).collect()),
         }
     }
@@ -167,6 +198,7 @@ impl Value {
             }
             Value::Json(serde_json::Value::String(s)) => Some(s.clone()),
             Value::Json(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Value::JsonText(t) => Value::Json(t.to_json()).to_id_string(),
             _ => None,
         }
     }

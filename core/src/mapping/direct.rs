@@ -20,6 +20,7 @@ use std::io::Write as _;
 
 use serde_json::Value as Json;
 
+use super::raw_json::write_raw;
 use super::{EncodedRecord, RecordKind, RowMapper};
 use crate::ingest::event::time_to_millis;
 use crate::ingest::ids::{check_identity, check_insert_id};
@@ -32,6 +33,8 @@ use crate::value::{iso_utc, Value};
 /// One property's value, borrowed where it can be.
 pub(super) enum Prop<'a> {
     Json(&'a Json),
+    /// A value inside a JSON cell kept as text: its text (valid JSON).
+    Raw(&'a str),
     Cell(&'a Value),
     Int(i64),
     Str(String),
@@ -42,6 +45,7 @@ impl Prop<'_> {
     pub(super) fn into_json(self) -> Json {
         match self {
             Prop::Json(j) => j.clone(),
+            Prop::Raw(text) => parse_raw(text),
             Prop::Cell(v) => v.to_property(),
             Prop::Int(i) => Json::from(i),
             Prop::Str(s) => Json::String(s),
@@ -127,9 +131,16 @@ impl RowMapper {
     }
 }
 
+/// A raw value's tree. The text passed a syntax check; only a number beyond f64's range (which
+/// serde_json cannot hold) fails to parse, and is kept as its text rather than dropped.
+pub(super) fn parse_raw(text: &str) -> Json {
+    serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.to_owned()))
+}
+
 fn to_json(p: &Prop<'_>) -> Json {
     match p {
         Prop::Json(j) => (*j).clone(),
+        Prop::Raw(text) => parse_raw(text),
         Prop::Cell(v) => v.to_property(),
         Prop::Int(i) => Json::from(*i),
         Prop::Str(s) => Json::String(s.clone()),
@@ -141,6 +152,10 @@ fn string_of(p: &Prop<'_>) -> Option<String> {
     match p {
         Prop::Str(s) => Some(s.clone()),
         Prop::Json(Json::String(s)) | Prop::Cell(Value::Text(s)) => Some(s.clone()),
+        Prop::Raw(text) => match parse_raw(text) {
+            Json::String(s) => Some(s),
+            _ => None,
+        },
         Prop::Json(_) | Prop::Int(_) => None,
         Prop::Cell(v) => match v.to_property() {
             Json::String(s) => Some(s),
@@ -158,13 +173,14 @@ fn short(s: &str) -> bool {
 fn fits(p: &Prop<'_>) -> bool {
     match p {
         Prop::Json(j) => fits_json(j, 0),
+        Prop::Raw(text) => write_raw(&mut Vec::new(), text, 0, true).unwrap_or(false),
         Prop::Int(_) => true,
         Prop::Str(s) => short(s),
         Prop::Cell(v) => fits_cell(v, 0),
     }
 }
 
-fn fits_json(j: &Json, depth: usize) -> bool {
+pub(super) fn fits_json(j: &Json, depth: usize) -> bool {
     match j {
         Json::String(s) => short(s),
         Json::Array(items) => {
@@ -185,6 +201,7 @@ fn fits_cell(v: &Value, depth: usize) -> bool {
         // Base64 of 189 bytes is 252 characters; longer ones go the general way.
         Value::Bytes(b) => b.len() <= 189,
         Value::Json(j) => fits_json(j, depth),
+        Value::JsonText(t) => write_raw(&mut Vec::new(), t.as_str(), depth, true).unwrap_or(false),
         Value::Array(items) => {
             items.len() < ARRAY_ELEMENTS_EXCLUSIVE && items.iter().all(|i| fits_cell(i, depth))
         }
@@ -220,6 +237,16 @@ fn write_event(out: &mut Vec<u8>, name: &str, props: &[PropEntry<'_>]) -> serde_
                 }
             }
             Prop::Json(j) => write_json(out, j)?,
+            Prop::Raw(text) => {
+                if !write_raw(out, text, 0, checked)? {
+                    return Ok(false);
+                }
+            }
+            Prop::Cell(Value::JsonText(t)) => {
+                if !write_raw(out, t.as_str(), 0, checked)? {
+                    return Ok(false);
+                }
+            }
             other if checked && !fits(other) => return Ok(false),
             Prop::Int(i) => serde_json::to_writer(&mut *out, i)?,
             Prop::Str(s) => write_str(out, s)?,
@@ -231,7 +258,11 @@ fn write_event(out: &mut Vec<u8>, name: &str, props: &[PropEntry<'_>]) -> serde_
 }
 
 /// [`write_json`] and [`fits_json`] in one pass: writes `j` and says whether it fits.
-fn write_json_fitting(out: &mut Vec<u8>, j: &Json, depth: usize) -> serde_json::Result<bool> {
+pub(super) fn write_json_fitting(
+    out: &mut Vec<u8>,
+    j: &Json,
+    depth: usize,
+) -> serde_json::Result<bool> {
     match j {
         Json::String(s) => {
             if !short(s) {
@@ -292,7 +323,7 @@ fn needs_no_escape(s: &str) -> bool {
 }
 
 /// A JSON string exactly as serde_json writes it.
-fn write_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+pub(super) fn write_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
     if needs_no_escape(s) {
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -347,6 +378,9 @@ fn write_cell(out: &mut Vec<u8>, v: &Value) -> serde_json::Result<()> {
         Value::Int(i) => serde_json::to_writer(&mut *out, i)?,
         Value::Text(s) => write_str(out, s)?,
         Value::Json(j) => write_json(out, j)?,
+        Value::JsonText(t) => {
+            write_raw(out, t.as_str(), 0, false)?;
+        }
         Value::Uuid(u) => {
             let mut buf = uuid::Uuid::encode_buffer();
             out.push(b'"');

@@ -8,7 +8,7 @@
 //! column kind is `Other(<type name>)`.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use ferry_core::value::{ColumnKind, Value};
+use ferry_core::value::{ColumnKind, JsonText, Value};
 use tokio_postgres::types::{FromSql, Kind, Type};
 
 /// How a column is selected and read.
@@ -109,6 +109,17 @@ pub struct Cell(pub Value);
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
 
+/// A `json`/`jsonb` cell's text, syntax checked but not parsed into a tree (the encoder writes
+/// it from the text). Binary `jsonb` is a version byte (1) and the text.
+fn json_text(ty: &Type, raw: &[u8]) -> Result<JsonText, BoxError> {
+    let text = match (ty, raw.split_first()) {
+        (&Type::JSONB, Some((1, text))) => text,
+        (&Type::JSONB, _) => return Err("unsupported jsonb encoding version".into()),
+        _ => raw,
+    };
+    Ok(JsonText::new(std::str::from_utf8(text)?.to_owned())?)
+}
+
 impl<'a> FromSql<'a> for Cell {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
         if let Kind::Array(_) = ty.kind() {
@@ -127,7 +138,7 @@ impl<'a> FromSql<'a> for Cell {
             Type::DATE => Value::Date(NaiveDate::from_sql(ty, raw)?),
             Type::TIMESTAMP => Value::TimestampNaive(NaiveDateTime::from_sql(ty, raw)?),
             Type::TIMESTAMPTZ => Value::Timestamp(DateTime::<Utc>::from_sql(ty, raw)?),
-            Type::JSON | Type::JSONB => Value::Json(serde_json::Value::from_sql(ty, raw)?),
+            Type::JSON | Type::JSONB => Value::JsonText(json_text(ty, raw)?),
             // Text and everything the SELECT cast to text.
             _ => Value::Text(std::str::from_utf8(raw)?.to_owned()),
         };
@@ -164,5 +175,30 @@ pub fn cursor_text(value: &Value) -> Option<String> {
         Value::Timestamp(t) => t.format("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
         Value::TimestampNaive(t) => t.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
         Value::Json(j) => j.to_string(),
+        Value::JsonText(t) => t.as_str().to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// json arrives as its text, binary jsonb as version 1 and its text; both are kept as the
+    /// text (checked), equal to the parsed value.
+    #[test]
+    fn json_cells_are_kept_as_checked_text() {
+        let jsonb = b"\x01{\"b\": [1, 2], \"aa\": null}";
+        let Cell(value) = Cell::from_sql(&Type::JSONB, jsonb).unwrap();
+        let Value::JsonText(text) = &value else {
+            panic!("{value:?}")
+        };
+        assert_eq!(text.as_str(), r#"{"b": [1, 2], "aa": null}"#);
+        assert_eq!(value, Value::Json(json!({"aa": null, "b": [1, 2]})));
+        let Cell(value) = Cell::from_sql(&Type::JSON, br#"{"x" : 1.50}"#).unwrap();
+        assert_eq!(value, Value::Json(json!({"x": 1.5})));
+        assert!(Cell::from_sql(&Type::JSONB, b"\x02{}").is_err());
+        assert!(Cell::from_sql(&Type::JSON, b"{oops").is_err());
+        assert!(Cell::from_sql(&Type::JSON, b"\xff").is_err());
+    }
 }

@@ -146,7 +146,9 @@ fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
 /// type where it is compared).
 pub fn parameter_text(value: &Value) -> Option<String> {
     Some(match value {
-        Value::Null | Value::Array(_) | Value::Json(_) | Value::Bytes(_) => return None,
+        Value::Null | Value::Array(_) | Value::Json(_) | Value::JsonText(_) | Value::Bytes(_) => {
+            return None
+        }
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) => f.to_string(),

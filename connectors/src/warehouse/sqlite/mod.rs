@@ -153,6 +153,7 @@ fn cursor_param(value: &Value) -> Result<ToSqlOutput<'static>, WarehouseError> {
         Value::Timestamp(t) => S::Text(fmt_naive(&t.naive_utc())),
         Value::TimestampNaive(t) => S::Text(fmt_naive(t)),
         Value::Json(j) => S::Text(j.to_string()),
+        Value::JsonText(t) => S::Text(t.as_str().to_owned()),
         Value::Array(_) => {
             return Err(WarehouseError::Config(
                 "an array cannot be a cursor value".into(),

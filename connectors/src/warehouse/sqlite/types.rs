@@ -26,7 +26,7 @@
 //! [`WarehouseError::Value`].
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use ferry_core::value::{ColumnKind, Value};
+use ferry_core::value::{ColumnKind, JsonText, Value};
 use rusqlite::types::ValueRef;
 
 use crate::warehouse::WarehouseError;
@@ -111,10 +111,11 @@ pub fn cell(kind: &ColumnKind, column: &str, raw: ValueRef<'_>) -> Result<Value,
             }
         }
         (ColumnKind::Json, ValueRef::Text(t)) => {
-            let s = text(t)?;
-            match serde_json::from_str(&s) {
-                Ok(j) => Value::Json(j),
-                Err(_) => Value::Text(s),
+            // Kept as checked text (parsed only where something looks inside); text that is
+            // not JSON stays text.
+            match JsonText::new_or_text(text(t)?) {
+                Ok(json) => Value::JsonText(json),
+                Err(s) => Value::Text(s),
             }
         }
         (ColumnKind::Uuid, ValueRef::Text(t)) => {
