@@ -287,4 +287,34 @@ fn cluster_flags_without_their_companions_are_refused() {
         "{}",
         without_etcd.stderr
     );
+    // A cluster node listening on every address must say which one its peers dial.
+    let unspecified = cli_common::run(
+        cli_common::ferry()
+            .args(["node", "--listen", "0.0.0.0:0", "--etcd", "http://127.0.0.1:1"])
+            .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", SECRET_KEY)
+            .env("FERRY_CLUSTER_SECRET", cluster_common::CLUSTER_SECRET)
+            .env_remove("FERRY_ADVERTISE_ADDR"),
+    );
+    assert_ne!(unspecified.code, 0);
+    assert!(
+        unspecified.stderr.contains("0.0.0.0:0")
+            && unspecified.stderr.contains("--advertise-addr HOST:PORT"),
+        "{}",
+        unspecified.stderr
+    );
+    let advertised_alone = cli_common::run(
+        cli_common::ferry()
+            .args(["node", "--listen", "0.0.0.0:0"])
+            .args(["--advertise-addr", "10.0.3.7:7700"])
+            .env("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("FERRY_SECRET_KEY", SECRET_KEY),
+    );
+    assert_ne!(advertised_alone.code, 0);
+    assert!(
+        advertised_alone.stderr.contains("--advertise-addr")
+            && advertised_alone.stderr.contains("give --etcd too"),
+        "{}",
+        advertised_alone.stderr
+    );
 }
