@@ -281,7 +281,10 @@ async fn trigger(
                     error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",
-                        format!("where sync {sync_id} runs could not be read: {}", status.message()),
+                        format!(
+                            "where sync {sync_id} runs could not be read: {}",
+                            status.message()
+                        ),
                     ),
                     Duration::from_secs(5),
                 )
@@ -366,11 +369,15 @@ fn forwarded_answer(
     if status == StatusCode::CONFLICT {
         state.count(sync_id, now);
     }
-    let response = (
-        status,
-        Json(json!({ "error": code, "message": refused.message(), "node": node })),
-    )
-        .into_response();
+    let mut body = json!({ "error": code, "message": refused.message(), "node": node });
+    if let Some(run_id) = refused
+        .metadata()
+        .get(crate::admin::errors::RUNNING_RUN)
+        .and_then(|v| v.to_str().ok())
+    {
+        body["run_id"] = run_id.into();
+    }
+    let response = (status, Json(body)).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         with_retry_after(response, Duration::from_secs(30))
     } else {

@@ -213,7 +213,10 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
             assert_eq!(owner.node_id, b.id, "the HTTP-triggered run is held by B");
             break;
         }
-        assert!(Instant::now() < deadline, "the HTTP-triggered run never claimed its sync");
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP-triggered run never claimed its sync"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let shown = c.json(&["runs", "get", "orders", &http_run, "--tenant", "acme"]);
@@ -223,6 +226,7 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "already_running", "{body}");
     assert_eq!(body["node"], b.id.as_str(), "{body}");
+    assert_eq!(body["run_id"], http_run.as_str(), "{body}");
 
     // A's `nodes get B` shows the run's live counters (the stored record holds none until the
     // run ends).
@@ -238,13 +242,22 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
         if entry["run"]["rows_read"].as_u64().unwrap_or(0) > 0 {
             break entry;
         }
-        assert!(Instant::now() < deadline, "no live counters of B's run on A: {detail}");
+        assert!(
+            Instant::now() < deadline,
+            "no live counters of B's run on A: {detail}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(live_on_b["run"]["run_id"], http_run.as_str(), "{live_on_b}");
     assert_eq!(live_on_b["running_on"], b.id.as_str(), "{live_on_b}");
-    let stored = rt.block_on(store.get_run(&sync, &http_run)).unwrap().unwrap();
-    assert_eq!(stored.counts.rows_read, 0, "the stored record lags: {stored:?}");
+    let stored = rt
+        .block_on(store.get_run(&sync, &http_run))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.counts.rows_read, 0,
+        "the stored record lags: {stored:?}"
+    );
     let cancelled = c.json(&["runs", "cancel", "orders", &http_run, "--tenant", "acme"]);
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
 
@@ -311,10 +324,7 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "unavailable", "{body}");
     assert_eq!(body["node"], b_id.as_str(), "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains(&b_id),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains(&b_id), "{body}");
     drop(nodes);
     drop(etcd);
 }
@@ -322,7 +332,10 @@ fn any_node_triggers_shows_and_cancels_a_run_held_by_another_node() {
 /// `PUT` of the sync's HTTP trigger URL on `node` (operator token): the status and JSON body.
 fn http_trigger(node: &ClusterProcess, sync: &str) -> (u16, serde_json::Value) {
     let response = reqwest::blocking::Client::new()
-        .put(format!("{}/v1/tenants/acme/syncs/{sync}/trigger", node.endpoint))
+        .put(format!(
+            "{}/v1/tenants/acme/syncs/{sync}/trigger",
+            node.endpoint
+        ))
         .bearer_auth(cli_common::OPERATOR_TOKEN)
         .send()
         .unwrap();

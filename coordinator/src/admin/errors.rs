@@ -124,9 +124,18 @@ pub fn resolve(e: &ResolveError) -> Status {
     }
 }
 
+/// On an ALREADY_EXISTS from a trigger: the metadata key holding the running run's id.
+pub const RUNNING_RUN: &str = "ferry-running-run";
+
 pub fn trigger(e: &TriggerError) -> Status {
     match e {
-        TriggerError::AlreadyRunning { .. } => Status::already_exists(e.to_string()),
+        TriggerError::AlreadyRunning { run_id, .. } => {
+            let mut status = Status::already_exists(e.to_string());
+            if let Ok(value) = run_id.parse() {
+                status.metadata_mut().insert(RUNNING_RUN, value);
+            }
+            status
+        }
         TriggerError::Paused(_) => {
             Status::failed_precondition(format!("{e}: resume it first (ResumeSync)"))
         }

@@ -414,9 +414,12 @@ impl crate::cluster::link::PeerRuns for FakePeers {
             )));
         }
         if sync.sync() == "busy" {
-            return Err(tonic::Status::already_exists(format!(
-                "sync {sync} is already running (run r9)"
-            )));
+            return Err(crate::admin::errors::trigger(
+                &TriggerError::AlreadyRunning {
+                    sync: sync.clone(),
+                    run_id: "r9".into(),
+                },
+            ));
         }
         let mut started = self.started.lock();
         started.push((node.to_string(), sync.clone(), reason));
@@ -470,12 +473,18 @@ async fn on_a_cluster_node_the_run_starts_on_the_syncs_assigned_node() {
     assert_eq!(body["node"], "node-b", "{body}");
     assert_eq!(
         peers.started.lock().as_slice(),
-        [("node-b".to_string(), sync_id("acme", "orders"), TriggerReason::Http)]
+        [(
+            "node-b".to_string(),
+            sync_id("acme", "orders"),
+            TriggerReason::Http
+        )]
     );
     assert_eq!(server.manager.0.lock().started, 0, "not started here");
 
     // Assigned nowhere (e.g. paused, or placed at the next pass): this node starts it.
-    let (status, _, body) = server.put(&server.url("acme", "users"), Some("acme-token")).await;
+    let (status, _, body) = server
+        .put(&server.url("acme", "users"), Some("acme-token"))
+        .await;
     assert_eq!(status, Status::ACCEPTED, "{body}");
     assert_eq!(body["run_id"], "run-1", "{body}");
     assert_eq!(server.manager.0.lock().started, 1);
@@ -502,6 +511,7 @@ async fn on_a_cluster_node_the_run_starts_on_the_syncs_assigned_node() {
     assert_eq!(body["error"], "already_running", "{body}");
     assert_eq!(body["node"], "node-b", "{body}");
     assert!(body["message"].as_str().unwrap().contains("r9"), "{body}");
+    assert_eq!(body["run_id"], "r9", "{body}");
 
     // The limit counts the triggers passed on: the second is let through, the third not.
     let (status, _, body) = server.put(&url, Some("acme-token")).await;

@@ -95,6 +95,7 @@ impl Actor for AgentActor {
                             "run '{run_id}' of sync {sync} is not running on node {}",
                             state.node_id
                         ),
+                        running_run: None,
                     }));
                     return Ok(());
                 }

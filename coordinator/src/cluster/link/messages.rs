@@ -21,6 +21,9 @@ use crate::schedule::TriggerReason;
 pub struct Refusal {
     pub code: i32,
     pub message: String,
+    /// A trigger refused because the sync runs: that run's id (the HTTP trigger answers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_run: Option<String>,
 }
 
 impl Refusal {
@@ -28,11 +31,22 @@ impl Refusal {
         Self {
             code: status.code() as i32,
             message: status.message().to_string(),
+            running_run: status
+                .metadata()
+                .get(crate::admin::errors::RUNNING_RUN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         }
     }
 
     pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(tonic::Code::from_i32(self.code), self.message.clone())
+        let mut status = tonic::Status::new(tonic::Code::from_i32(self.code), self.message.clone());
+        if let Some(value) = self.running_run.as_deref().and_then(|r| r.parse().ok()) {
+            status
+                .metadata_mut()
+                .insert(crate::admin::errors::RUNNING_RUN, value);
+        }
+        status
     }
 }
 
@@ -139,6 +153,7 @@ where
                 Err(Refusal {
                     code: tonic::Code::Internal as i32,
                     message: format!("the peer's answer was not understood: {e}"),
+                    running_run: None,
                 })
             });
             let _ = typed.send(answer);
@@ -312,13 +327,24 @@ mod tests {
         };
         assert_eq!((s, reason), (sync(), TriggerReason::Api));
         reply
-            .send(Err(Refusal {
-                code: tonic::Code::AlreadyExists as i32,
-                message: "running".into(),
-            }))
+            .send(Err(Refusal::from_status(&crate::admin::errors::trigger(
+                &crate::schedule::TriggerError::AlreadyRunning {
+                    sync: sync(),
+                    run_id: "r7".into(),
+                },
+            ))))
             .unwrap();
         let answer = rx.await.unwrap().unwrap_err();
-        assert_eq!(answer.to_status().code(), tonic::Code::AlreadyExists);
+        let status = answer.to_status();
+        assert_eq!(status.code(), tonic::Code::AlreadyExists);
+        assert_eq!(
+            status
+                .metadata()
+                .get(crate::admin::errors::RUNNING_RUN)
+                .and_then(|v| v.to_str().ok()),
+            Some("r7"),
+            "the running run's id crossed the link"
+        );
 
         for garbage in [
             &b"{"[..],
