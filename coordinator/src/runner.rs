@@ -348,14 +348,13 @@ impl SyncRunner {
             policy: self.settings.restart.clone(),
             done,
         };
-        let (supervisor, handle) =
-            Actor::spawn(None, SyncSupervisor, args)
-                .await
-                .map_err(|e| {
-                    fail(ExecError::Pipeline(format!(
-                        "cannot start the sync's supervisor: {e}"
-                    )))
-                })?;
+        let (supervisor, handle) = Actor::spawn(None, SyncSupervisor, args)
+            .await
+            .map_err(|e| {
+                fail(ExecError::Pipeline(format!(
+                    "cannot start the sync's supervisor: {e}"
+                )))
+            })?;
         tokio::pin!(outcome);
         let outcome = tokio::select! {
             outcome = &mut outcome => outcome,

@@ -43,10 +43,17 @@ impl Reader {
         }
     }
 
-    fn stored_under<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<Stored<T>>, StoreError> {
+    fn stored_under<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Stored<T>>, StoreError> {
         let end = keys::prefix_end(prefix);
         let mut out = Vec::new();
-        for entry in self.table.range(prefix..end.as_str()).map_err(super::backend)? {
+        for entry in self
+            .table
+            .range(prefix..end.as_str())
+            .map_err(super::backend)?
+        {
             let (key, bytes) = entry.map_err(super::backend)?;
             let header = decode_header(key.value(), bytes.value())?;
             let value = decode::<T>(key.value(), bytes.value())?.value;
@@ -162,7 +169,12 @@ impl Catalog for EmbeddedStore {
         checked(&[("tenant id", &tenant.id)])?;
         let tenant = tenant.clone();
         self.cat_write(move |txn| {
-            txn.create_under(None, &cat::tenant_key(&tenant.id), tenant_what(&tenant.id), &tenant)
+            txn.create_under(
+                None,
+                &cat::tenant_key(&tenant.id),
+                tenant_what(&tenant.id),
+                &tenant,
+            )
         })
         .await
     }
