@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use ferry_core::value::{Column, ColumnKind, Value};
+use ferry_core::value::{Column, ColumnKind, JsonText, Value};
 use serde_json::json;
 
 /// The table's name in every warehouse.
@@ -425,7 +425,8 @@ impl RowGen {
             opt(utm_source),
             opt(utm_campaign),
             Value::Text(user_agent),
-            Value::Json(props),
+            // As the PostgreSQL and SQLite readers hand a JSON column over: checked text.
+            Value::JsonText(JsonText::from_json(&props)),
         ]
     }
 }
@@ -477,6 +478,7 @@ fn copy_cell(value: &Value, out: &mut String) {
             let _ = write!(out, "{}", u.hyphenated());
         }
         Value::Json(j) => escaped(&j.to_string(), out),
+        Value::JsonText(t) => escaped(t.as_str(), out),
         Value::Text(s) => escaped(s, out),
         other => escaped(&format!("{other:?}"), out),
     }
@@ -494,6 +496,7 @@ pub fn sqlite_cell(value: &Value) -> rusqlite::types::Value {
         Value::Timestamp(t) => S::Text(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
         Value::Uuid(u) => S::Text(u.hyphenated().to_string()),
         Value::Json(j) => S::Text(j.to_string()),
+        Value::JsonText(t) => S::Text(t.as_str().to_owned()),
         other => S::Text(format!("{other:?}")),
     }
 }
