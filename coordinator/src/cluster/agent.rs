@@ -341,7 +341,8 @@ mod tests {
     use crate::admin::specs::SpecResolver;
     use crate::catalog::contract::{source, sync, tenant};
     use crate::cluster::connection::testing;
-    use crate::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
+    use crate::cluster::etcd_store::testing::store_on_new_lease;
+    use crate::cluster::etcd_store::EtcdStoreSettings;
     use crate::runner::RunnerSettings;
     use crate::schedule::{ManualClock, SchedulerSettings, SyncTrigger};
     use crate::secrets::SecretBox;
@@ -366,14 +367,10 @@ mod tests {
         let Some((_etcd, settings)) = testing::start() else {
             return;
         };
-        let mut client = settings.connect().await.unwrap();
-        let lease = client.lease_grant(60, None).await.unwrap().id();
-        let (liveness_tx, liveness) = watch::channel(Liveness::Live { lease });
-        let store = Arc::new(EtcdStore::new(
-            client.clone(),
-            EtcdStoreSettings::default(),
-            liveness.clone(),
-        ));
+        let (store, mut client, _, liveness_tx) =
+            store_on_new_lease(&settings, EtcdStoreSettings::default(), 60).await;
+        let store = Arc::new(store);
+        let liveness = liveness_tx.subscribe();
         store.create_tenant(&tenant("acme")).await.unwrap();
         store.create_source(&source("acme", "pg")).await.unwrap();
         for name in ["s0", "s1", "s2"] {

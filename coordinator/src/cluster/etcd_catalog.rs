@@ -566,6 +566,7 @@ mod tests {
     use super::*;
     use crate::catalog::contract;
     use crate::cluster::connection::testing;
+    use crate::cluster::etcd_store::testing::store_on_new_lease;
     use crate::cluster::etcd_store::EtcdStoreSettings;
     use crate::cluster::membership::Liveness;
     use ferry_tests::etcd::TestEtcd;
@@ -573,14 +574,9 @@ mod tests {
     /// A store on a private etcd with a lease for its claims.
     async fn store() -> Option<(EtcdStore, TestEtcd, watch::Sender<Liveness>)> {
         let (etcd, settings) = testing::start()?;
-        let mut client = settings.connect().await.unwrap();
-        let lease = client.lease_grant(60, None).await.unwrap().id();
-        let (tx, rx) = watch::channel(Liveness::Live { lease });
-        Some((
-            EtcdStore::new(client, EtcdStoreSettings::default(), rx),
-            etcd,
-            tx,
-        ))
+        let (store, _, _, tx) =
+            store_on_new_lease(&settings, EtcdStoreSettings::default(), 60).await;
+        Some((store, etcd, tx))
     }
 
     /// [`store`] with tenant `acme`.

@@ -395,6 +395,26 @@ impl StateStore for EtcdStore {
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::cluster::connection::EtcdSettings;
+
+    /// A store on the etcd `settings` reach, its claims on a fresh lease of `ttl_secs`; the
+    /// sender stands in for the node's membership (send `Lost` to trip the kill switch).
+    pub(crate) async fn store_on_new_lease(
+        settings: &EtcdSettings,
+        store_settings: EtcdStoreSettings,
+        ttl_secs: i64,
+    ) -> (EtcdStore, Client, i64, watch::Sender<Liveness>) {
+        let mut client = settings.connect().await.unwrap();
+        let lease = client.lease_grant(ttl_secs, None).await.unwrap().id();
+        let (tx, rx) = watch::channel(Liveness::Live { lease });
+        let store = EtcdStore::new(client.clone(), store_settings, rx);
+        (store, client, lease, tx)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
@@ -408,18 +428,11 @@ mod tests {
         etcd_settings: &crate::cluster::connection::EtcdSettings,
         ttl_secs: i64,
     ) -> (EtcdStore, Client, i64, watch::Sender<Liveness>) {
-        let mut client = etcd_settings.connect().await.unwrap();
-        let lease = client.lease_grant(ttl_secs, None).await.unwrap().id();
-        let (tx, rx) = watch::channel(Liveness::Live { lease });
-        let store = EtcdStore::new(
-            client.clone(),
-            EtcdStoreSettings {
-                runs_kept_per_sync: RUNS_KEPT,
-                errors_kept_per_run: ERRORS_KEPT,
-            },
-            rx,
-        );
-        (store, client, lease, tx)
+        let contract_settings = EtcdStoreSettings {
+            runs_kept_per_sync: RUNS_KEPT,
+            errors_kept_per_run: ERRORS_KEPT,
+        };
+        super::testing::store_on_new_lease(etcd_settings, contract_settings, ttl_secs).await
     }
 
     async fn contract_store() -> Option<(Arc<dyn StateStore>, (TestEtcd, watch::Sender<Liveness>))>

@@ -356,7 +356,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use chrono::Utc;
-    use tokio::sync::{oneshot, watch, Notify};
+    use tokio::sync::{oneshot, Notify};
 
     use super::*;
     use crate::admin::specs::SpecResolver;
@@ -547,21 +547,17 @@ mod tests {
         use crate::catalog::contract::{source, sync, tenant};
         use crate::cluster::agent::{AgentSettings, NodeAgent};
         use crate::cluster::connection::testing;
-        use crate::cluster::etcd_store::{EtcdStore, EtcdStoreSettings};
+        use crate::cluster::etcd_store::testing::store_on_new_lease;
+        use crate::cluster::etcd_store::EtcdStoreSettings;
         use crate::cluster::keys;
-        use crate::cluster::membership::Liveness;
 
         let Some((_etcd, settings)) = testing::start() else {
             return;
         };
-        let mut client = settings.connect().await.unwrap();
-        let lease = client.lease_grant(60, None).await.unwrap().id();
-        let (_live, liveness) = watch::channel(Liveness::Live { lease });
-        let store = Arc::new(EtcdStore::new(
-            client.clone(),
-            EtcdStoreSettings::default(),
-            liveness.clone(),
-        ));
+        let (store, mut client, _, live) =
+            store_on_new_lease(&settings, EtcdStoreSettings::default(), 60).await;
+        let store = Arc::new(store);
+        let liveness = live.subscribe();
         const SAMPLES: usize = 12;
         store.create_tenant(&tenant("acme")).await.unwrap();
         store.create_source(&source("acme", "pg")).await.unwrap();
