@@ -155,8 +155,12 @@ impl Peers {
         };
         let run = self.0.start_run(&node, sync, reason).await;
         match &run {
-            Ok(run_id) => tracing::info!(sync = %sync, run = %run_id, %node, "sync triggered on its node"),
-            Err(e) => tracing::info!(sync = %sync, %node, error = %e, "the sync's node did not start it"),
+            Ok(run_id) => {
+                tracing::info!(sync = %sync, run = %run_id, %node, "sync triggered on its node")
+            }
+            Err(e) => {
+                tracing::info!(sync = %sync, %node, error = %e, "the sync's node did not start it")
+            }
         }
         Ok(Some(Forwarded { node, run }))
     }
